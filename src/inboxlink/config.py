@@ -1,0 +1,49 @@
+"""Settings: the only module that reads environment variables.
+
+Every setting is `INBOXLINK_<NAME>`; see the README for the list. Other modules receive a `Settings`
+object (the API through a dependency, the CLI and tasks through `get_settings()`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INBOXLINK_", extra="ignore")
+
+    home: Path = Field(default=Path("inboxlink-data"), description="data directory (SQLite, blobs, key)")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite under home (postgresql+psycopg://...)"
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key(s), comma-separated, newest first; default: generated into home/secret.key",
+    )
+    allow_private_hosts: bool = Field(
+        default=False, description="let users point accounts at loopback and private addresses"
+    )
+    log_level: str = "INFO"
+    sync_interval_seconds: float = Field(default=60.0, description="poll interval when push is not available")
+    connect_timeout_seconds: float = 20.0
+    backoff_max_seconds: float = 300.0
+    backoff_attempts_before_error: int = 3
+
+    @property
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_home / 'inboxlink.db'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
