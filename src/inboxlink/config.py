@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     allow_private_hosts: bool = Field(
         default=False, description="let users point accounts at loopback and private addresses"
     )
+    tls_ca_file: str | None = Field(
+        default=None, description="extra CA bundle to trust for IMAP/SMTP/EWS servers (self-hosted CAs)"
+    )
+    api_token: SecretStr | None = Field(
+        default=None, description="when set, the API requires `Authorization: Bearer <token>`"
+    )
     log_level: str = "INFO"
     sync_interval_seconds: float = Field(default=60.0, description="poll interval when push is not available")
     connect_timeout_seconds: float = 20.0

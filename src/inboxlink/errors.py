@@ -4,7 +4,8 @@
     ├── ConfigError                the operator must change a setting
     ├── ValidationError            input rejected before any I/O (bad email, bad port ...)
     ├── NotFound                   a row the caller may not see or that does not exist
-    ├── Conflict                   e.g. wrong_account on re-pair
+    ├── Conflict                   a state clash
+    │   └── WrongAccount           re-pairing with another mailbox than the account's
     ├── HostRefused                the network guard refused a user-entered host
     └── ProviderError              raised by adapters, translated at the boundary (`raise ... from exc`)
         ├── AuthError              credentials rejected / revoked  -> account goes to auth_error at once
@@ -48,6 +49,10 @@ class NotFound(InboxlinkError):
 class Conflict(InboxlinkError):
     code = "conflict"
     http_status = 409
+
+
+class WrongAccount(Conflict):
+    code = "wrong_account"
 
 
 class HostRefused(InboxlinkError):

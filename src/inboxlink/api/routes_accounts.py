@@ -1,0 +1,165 @@
+"""/api/v1/accounts: create (pair), list, show, transitions, folders, sync now, unpair."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field, SecretStr
+
+from inboxlink.accounts import AccountView
+from inboxlink.providers.imap.provider import ImapConfig
+from inboxlink.runtime import Runtime
+
+router = APIRouter(tags=["accounts"])
+
+
+def get_runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+class ImapPairing(BaseModel):
+    provider: Literal["imap"] = "imap"
+    email: str = Field(max_length=320, examples=["ana@example.com"])
+    username: str = Field(max_length=320)
+    password: SecretStr
+    imap_host: str = Field(max_length=253)
+    imap_port: int = Field(default=993, ge=1, le=65535)
+    smtp_host: str | None = Field(default=None, max_length=253)
+    smtp_port: int | None = Field(default=587, ge=1, le=65535)
+    security: Literal["tls", "starttls", "none"] = "tls"
+    smtp_security: Literal["tls", "starttls", "none"] | None = None
+    headers_only: bool = False
+
+
+class RePairing(BaseModel):
+    password: SecretStr
+
+
+class AccountOut(BaseModel):
+    id: str
+    provider: str
+    email: str
+    status: str = Field(
+        description="pending | syncing | connected | auth_error | connect_error | unsupported | disconnected"
+    )
+    status_reason: str | None = Field(description="why the account is in this status, in plain words")
+    status_at: datetime
+    created_at: datetime
+    last_sync_at: datetime | None
+    last_error: str | None
+    message_count: int
+    sync_mode: str
+    config: dict[str, Any]
+    capabilities: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, v: AccountView) -> AccountOut:
+        return cls(**v.to_dict())
+
+
+class TransitionOut(BaseModel):
+    from_status: str | None
+    to_status: str
+    reason: str
+    at: datetime
+
+
+class FolderOut(BaseModel):
+    key: str
+    name: str
+    role: str
+    synced_at: datetime | None
+
+
+class SyncOut(BaseModel):
+    account: str
+    status: str
+    reason: str | None
+    messages: int
+    fetched: int
+    fetched_bytes: int
+    seconds: float
+
+
+@router.get("/accounts", response_model=list[AccountOut])
+def list_accounts(rt: RuntimeDep) -> list[AccountOut]:
+    return [AccountOut.of(v) for v in rt.accounts.all()]
+
+
+@router.post("/accounts", response_model=AccountOut, status_code=201)
+def pair_account(body: ImapPairing, rt: RuntimeDep, request: Request) -> AccountOut:
+    config = ImapConfig(
+        email=body.email,
+        imap_host=body.imap_host,
+        imap_port=body.imap_port,
+        username=body.username,
+        security=body.security,
+        smtp_host=body.smtp_host,
+        smtp_port=body.smtp_port if body.smtp_host else None,
+        smtp_security=body.smtp_security,
+    )
+    view = rt.accounts.pair_imap(config, body.password.get_secret_value(), headers_only=body.headers_only)
+    _poke(request, view.id)
+    return AccountOut.of(view)
+
+
+@router.get("/accounts/{account_id}", response_model=AccountOut)
+def show_account(account_id: str, rt: RuntimeDep) -> AccountOut:
+    return AccountOut.of(rt.accounts.get(account_id))
+
+
+@router.post("/accounts/{account_id}/repair", response_model=AccountOut)
+def repair_account(account_id: str, body: RePairing, rt: RuntimeDep, request: Request) -> AccountOut:
+    """Pair again with a new password: same mailbox, cursors kept, nothing downloaded again."""
+    current = rt.accounts.get(account_id)
+    config = ImapConfig.from_dict(current.config)
+    view = rt.accounts.pair_imap(config, body.password.get_secret_value(), account_id=account_id)
+    _poke(request, view.id)
+    return AccountOut.of(view)
+
+
+@router.get("/accounts/{account_id}/transitions", response_model=list[TransitionOut])
+def account_transitions(account_id: str, rt: RuntimeDep) -> list[TransitionOut]:
+    return [
+        TransitionOut(from_status=t.from_status, to_status=t.to_status, reason=t.reason, at=t.at)
+        for t in rt.accounts.transitions(account_id)
+    ]
+
+
+@router.get("/accounts/{account_id}/folders", response_model=list[FolderOut])
+def account_folders(account_id: str, rt: RuntimeDep) -> list[FolderOut]:
+    return [FolderOut(**f) for f in rt.accounts.folders(account_id)]
+
+
+@router.post("/accounts/{account_id}/sync", response_model=SyncOut)
+def sync_account(account_id: str, rt: RuntimeDep) -> SyncOut:
+    """Sync now and answer when done."""
+    rt.accounts.get(account_id)
+    r = rt.engine.sync(account_id)
+    return SyncOut(
+        account=r.account,
+        status=r.status,
+        reason=r.reason,
+        messages=r.messages,
+        fetched=r.fetched,
+        fetched_bytes=r.fetched_bytes,
+        seconds=r.seconds,
+    )
+
+
+@router.delete("/accounts/{account_id}", response_model=AccountOut)
+def unpair_account(account_id: str, rt: RuntimeDep) -> AccountOut:
+    """Unpair: stop syncing and forget the credentials. Synced mail stays."""
+    return AccountOut.of(rt.accounts.unpair(account_id))
+
+
+def _poke(request: Request, account_id: str) -> None:
+    scheduler = getattr(request.app.state, "scheduler", None)
+    if scheduler is not None:
+        scheduler.trigger(account_id)

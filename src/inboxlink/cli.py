@@ -1,0 +1,289 @@
+"""The command line: decode arguments, call the services, print. Nothing else lives here.
+
+The commands and their JSON outputs are a stable contract (acceptance checks use them):
+`serve`, `pair imap`, `sync ACCOUNT --once`, `accounts`, `account ACCOUNT`, `unpair ACCOUNT`.
+Errors are one line on stderr ("error: <what went wrong>") and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from inboxlink.errors import InboxlinkError
+from inboxlink.runtime import Runtime, configure_logging
+
+app = typer.Typer(
+    help="inboxlink: your mailboxes, calendars and contacts in your CRM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+pair_app = typer.Typer(help="Pair a mailbox.", no_args_is_help=True)
+app.add_typer(pair_app, name="pair")
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+EXIT_ERROR = 1
+EXIT_NOT_SYNCED = 2
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, datetime):
+        return o.isoformat()
+    raise TypeError(type(o).__name__)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, default=_default, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+@contextmanager
+def _runtime() -> Iterator[Runtime]:
+    try:
+        rt = Runtime.open()
+    except InboxlinkError as exc:
+        _fail(exc)
+    try:
+        yield rt
+    except InboxlinkError as exc:
+        _fail(exc)
+    finally:
+        rt.close()
+
+
+def _fail(exc: InboxlinkError) -> None:
+    err.print(f"error: {exc.message}", markup=False, soft_wrap=True)
+    raise typer.Exit(EXIT_ERROR)
+
+
+# -- serve ---------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8025,
+) -> None:
+    """Run the API and keep every paired account in sync (embedded mode: one process)."""
+    import uvicorn
+
+    from inboxlink.api.app import create_app
+    from inboxlink.config import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    try:
+        application = create_app(settings, background_sync=True)
+    except InboxlinkError as exc:
+        _fail(exc)
+    uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
+
+
+# -- pair ----------------------------------------------------------------------------------------
+@pair_app.command("imap")
+def pair_imap(
+    email: Annotated[str, typer.Option(help="the mailbox's address")],
+    imap_host: Annotated[str, typer.Option(help="IMAP server host")],
+    username: Annotated[str, typer.Option(help="login name (often the address)")],
+    imap_port: Annotated[int, typer.Option(help="IMAP port")] = 993,
+    smtp_host: Annotated[str | None, typer.Option(help="SMTP server host")] = None,
+    smtp_port: Annotated[int, typer.Option(help="SMTP port")] = 587,
+    security: Annotated[str, typer.Option(help="tls | starttls | none")] = "tls",
+    smtp_security: Annotated[
+        str | None, typer.Option(help="tls | starttls | none (default: --security)")
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from stdin")
+    ] = False,
+    account: Annotated[str | None, typer.Option(help="re-pair this existing account")] = None,
+    headers_only: Annotated[bool, typer.Option("--headers-only", help="sync headers, not bodies")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Pair an IMAP/SMTP mailbox (or re-pair it: same mailbox, new password, nothing re-downloaded)."""
+    from inboxlink.providers.imap.provider import ImapConfig
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("password", hide_input=True)
+    with _runtime() as rt:
+        config = ImapConfig(
+            email=email,
+            imap_host=imap_host,
+            imap_port=imap_port,
+            username=username,
+            security=security,
+            smtp_host=smtp_host,
+            smtp_port=smtp_port if smtp_host else None,
+            smtp_security=smtp_security,
+        )
+        view = rt.accounts.pair_imap(config, password, account_id=account, headers_only=headers_only)
+    if as_json:
+        _print_json(
+            {
+                "id": view.id,
+                "status": view.status,
+                "email": view.email,
+                "smtp_error": (view.capabilities or {}).get("smtp_error"),
+            }
+        )
+    else:
+        out.print(view.id)
+        smtp_error = (view.capabilities or {}).get("smtp_error")
+        if smtp_error:
+            err.print(f"warning: sending will not work: {smtp_error}", markup=False)
+
+
+# -- sync ----------------------------------------------------------------------------------------
+@app.command()
+def sync(
+    account: Annotated[str, typer.Argument(help="account id")],
+    once: Annotated[bool, typer.Option("--once", help="sync to completion, then exit")] = False,
+    headers_only: Annotated[bool, typer.Option("--headers-only", help="fetch headers, not bodies")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Sync one account now."""
+    if not once:
+        err.print("error: only --once is supported here; `inboxlink serve` keeps accounts in sync")
+        raise typer.Exit(EXIT_ERROR)
+    with _runtime() as rt:
+        rt.accounts.get(account)
+        progress_cb, finish = _progress(enabled=not as_json and sys.stdout.isatty())
+        try:
+            report = rt.engine.sync(
+                account,
+                headers_only=True if headers_only else None,
+                progress=progress_cb,
+                attempts=rt.settings.backoff_attempts_before_error,
+            )
+        finally:
+            finish()
+    if as_json:
+        _print_json(
+            {
+                "account": report.account,
+                "status": report.status,
+                "reason": report.reason,
+                "messages": report.messages,
+                "fetched": report.fetched,
+                "fetched_bytes": report.fetched_bytes,
+                "seconds": report.seconds,
+            }
+        )
+    else:
+        out.print(
+            f"{report.account}: {report.status} ({report.reason}); {report.messages} messages, "
+            f"{report.fetched} fetched ({report.fetched_bytes / 1e6:.1f} MB) in {report.seconds:.2f}s",
+            markup=False,
+        )
+    if report.status != "connected":
+        raise typer.Exit(EXIT_NOT_SYNCED)
+
+
+def _progress(enabled: bool) -> tuple[Callable[[str, int, int], None] | None, Callable[[], None]]:
+    if not enabled:
+        return None, lambda: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    bar.start()
+    tasks: dict[str, Any] = {}
+
+    def update(stream: str, done: int, total: int) -> None:
+        if stream not in tasks:
+            tasks[stream] = bar.add_task(stream, total=total)
+        bar.update(tasks[stream], completed=done, total=total)
+
+    return update, bar.stop
+
+
+# -- accounts ------------------------------------------------------------------------------------
+@app.command("accounts")
+def list_accounts(as_json: Annotated[bool, typer.Option("--json", help="print a JSON list")] = False) -> None:
+    """Every account with its status, why, last sync and message count."""
+    with _runtime() as rt:
+        views = rt.accounts.all()
+    if as_json:
+        _print_json([_account_json(v) for v in views])
+        return
+    table = Table("id", "email", "provider", "status", "why", "last sync", "messages")
+    for v in views:
+        table.add_row(
+            v.id,
+            v.email,
+            v.provider,
+            v.status,
+            v.status_reason or "",
+            v.last_sync_at.isoformat(timespec="seconds") if v.last_sync_at else "never",
+            str(v.message_count),
+        )
+    out.print(table)
+
+
+def _account_json(v: Any) -> dict[str, Any]:
+    return {
+        "id": v.id,
+        "email": v.email,
+        "provider": v.provider,
+        "status": v.status,
+        "status_reason": v.status_reason,
+        "last_sync_at": v.last_sync_at,
+        "messages": v.message_count,
+        "last_error": v.last_error,
+    }
+
+
+@app.command("account")
+def show_account(
+    account: Annotated[str, typer.Argument(help="account id")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """One account in detail, with its status history."""
+    with _runtime() as rt:
+        view = rt.accounts.get(account)
+        history = rt.accounts.transitions(account)
+    data = view.to_dict() | {
+        "transitions": [
+            {"from": t.from_status, "to": t.to_status, "reason": t.reason, "at": t.at} for t in history
+        ]
+    }
+    if as_json:
+        _print_json(data)
+        return
+    for key in ("id", "email", "provider", "status", "status_reason", "last_sync_at", "message_count"):
+        out.print(f"{key}: {data[key]}", markup=False)
+    for t in history:
+        out.print(
+            f"  {t.at:%Y-%m-%d %H:%M:%S} {t.from_status or '-'} -> {t.to_status}: {t.reason}", markup=False
+        )
+
+
+@app.command()
+def unpair(
+    account: Annotated[str, typer.Argument(help="account id")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Stop syncing an account and forget its credentials; the mail already synced stays."""
+    with _runtime() as rt:
+        view = rt.accounts.unpair(account)
+    if as_json:
+        _print_json(_account_json(view))
+    else:
+        out.print(f"{view.id}: {view.status}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

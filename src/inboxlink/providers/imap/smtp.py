@@ -1,0 +1,52 @@
+"""SMTP side of an IMAP account: checking it at pairing (sending arrives with the outbox)."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+
+from inboxlink.auth.netguard import check_host
+from inboxlink.errors import HostRefused
+from inboxlink.providers.imap.provider import ConnectOptions, ImapConfig
+
+
+def _context(options: ConnectOptions) -> ssl.SSLContext:
+    return (
+        ssl.create_default_context(cafile=options.ca_file)
+        if options.ca_file
+        else ssl.create_default_context()
+    )
+
+
+def check_smtp(config: ImapConfig, password: str, options: ConnectOptions) -> str | None:
+    """Connect and log in to the account's SMTP server. Returns None when it works, else a one-line
+    reason safe to show (no secret). A host the network guard refuses raises `HostRefused`."""
+    if not config.smtp_host or not config.smtp_port:
+        return "no SMTP server configured"
+    host, port = config.smtp_host, config.smtp_port
+    security = config.smtp_security or config.security
+    check_host(host, port, allow_private=options.allow_private_hosts)
+    try:
+        smtp: smtplib.SMTP
+        if security == "tls":
+            smtp = smtplib.SMTP_SSL(host, port, timeout=options.timeout, context=_context(options))
+        else:
+            smtp = smtplib.SMTP(host, port, timeout=options.timeout)
+        with smtp:
+            smtp.ehlo()
+            if security == "starttls":
+                smtp.starttls(context=_context(options))
+                smtp.ehlo()
+            if smtp.has_extn("auth"):
+                smtp.login(config.username, password)
+        return None
+    except HostRefused:
+        raise
+    except smtplib.SMTPAuthenticationError as exc:
+        return f"SMTP server {host}:{port} rejected the username or password ({exc.smtp_code})"
+    except smtplib.SMTPNotSupportedError:
+        return f"SMTP server {host}:{port} does not offer STARTTLS"
+    except ssl.SSLCertVerificationError as exc:
+        return f"the TLS certificate of {host}:{port} is not trusted: {exc.verify_message}"
+    except (OSError, smtplib.SMTPException) as exc:
+        return f"cannot reach SMTP server {host}:{port}: {exc.__class__.__name__}: {str(exc)[:200]}"

@@ -1,0 +1,34 @@
+"""The explicit map from provider names to adapters. The only module besides the adapters
+themselves that imports a concrete provider."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from inboxlink.config import Settings
+from inboxlink.errors import ValidationError
+from inboxlink.providers.base import MailProvider
+from inboxlink.providers.imap.provider import ConnectOptions, ImapConfig, ImapProvider
+
+PROVIDERS = ("imap",)
+
+
+def connect_options(settings: Settings) -> ConnectOptions:
+    return ConnectOptions(
+        allow_private_hosts=settings.allow_private_hosts,
+        timeout=settings.connect_timeout_seconds,
+        ca_file=settings.tls_ca_file,
+    )
+
+
+def build_provider(
+    kind: str, config: Mapping[str, Any], credentials: Mapping[str, Any], settings: Settings
+) -> MailProvider:
+    if kind == "imap":
+        return ImapProvider(
+            ImapConfig.from_dict(dict(config)),
+            str(credentials.get("password", "")),
+            connect_options(settings),
+        )
+    raise ValidationError(f"unknown provider {kind!r}; known: {', '.join(PROVIDERS)}")

@@ -1,0 +1,344 @@
+"""The sync engine's writes and lookups, in bulk.
+
+All functions take an open `Connection` inside the caller's transaction: the engine decides the
+transaction boundaries (data and cursor commit together, DESIGN §4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, delete, exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from inboxlink.domain import Cursor, Folder, ParsedMessage
+from inboxlink.store.schema import folders, message_addresses, messages, placements
+
+_IN_CHUNK = 500  # bound parameters per IN (...) query: SQLite's limit is 32,766; keep plans small
+
+
+def _chunks(items: Sequence[Any], n: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _dialect_insert(conn: Connection, table: Any) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def flags_text(flags: Iterable[str]) -> str:
+    return " ".join(sorted(flags))
+
+
+# -- folders -----------------------------------------------------------------------------------
+def upsert_folders(conn: Connection, account_id: str, found: Sequence[Folder]) -> dict[str, int]:
+    """Record the server's folders; mark the ones that disappeared. Returns key -> folder id."""
+    existing = {
+        r.key: r
+        for r in conn.execute(
+            select(folders.c.id, folders.c.key, folders.c.name, folders.c.role, folders.c.gone).where(
+                folders.c.account_id == account_id
+            )
+        )
+    }
+    seen: set[str] = set()
+    for f in found:
+        seen.add(f.key)
+        row = existing.get(f.key)
+        if row is None:
+            conn.execute(
+                folders.insert().values(
+                    account_id=account_id, key=f.key, name=f.name, role=f.role.value, gone=False
+                )
+            )
+        elif row.name != f.name or row.role != f.role.value or row.gone:
+            conn.execute(
+                update(folders)
+                .where(folders.c.id == row.id)
+                .values(name=f.name, role=f.role.value, gone=False)
+            )
+    for key, row in existing.items():
+        if key not in seen and not row.gone:
+            conn.execute(update(folders).where(folders.c.id == row.id).values(gone=True, cursor=None))
+            drop_placements(conn, account_id, folder_id=row.id)
+    return {
+        r.key: r.id
+        for r in conn.execute(select(folders.c.id, folders.c.key).where(folders.c.account_id == account_id))
+    }
+
+
+def folder_cursor(conn: Connection, folder_id: int) -> Cursor | None:
+    value: Cursor | None = conn.execute(select(folders.c.cursor).where(folders.c.id == folder_id)).scalar()
+    return value
+
+
+def save_cursor(conn: Connection, folder_id: int, cursor: Cursor | None, at: datetime) -> None:
+    conn.execute(
+        update(folders)
+        .where(folders.c.id == folder_id)
+        .values(cursor=dict(cursor) if cursor is not None else None, synced_at=at)
+    )
+
+
+# -- placements --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KnownPlacement:
+    id: int
+    message_id: int
+    flags: str
+
+
+def placements_by_key(conn: Connection, folder_id: int, keys: Sequence[str]) -> dict[str, KnownPlacement]:
+    out: dict[str, KnownPlacement] = {}
+    for chunk in _chunks(keys):
+        for r in conn.execute(
+            select(
+                placements.c.id, placements.c.remote_key, placements.c.message_id, placements.c.flags
+            ).where(placements.c.folder_id == folder_id, placements.c.remote_key.in_(chunk))
+        ):
+            out[r.remote_key] = KnownPlacement(r.id, r.message_id, r.flags)
+    return out
+
+
+def all_placement_keys(conn: Connection, folder_id: int) -> dict[str, int]:
+    return {
+        r.remote_key: r.message_id
+        for r in conn.execute(
+            select(placements.c.remote_key, placements.c.message_id).where(
+                placements.c.folder_id == folder_id
+            )
+        )
+    }
+
+
+def update_flags(conn: Connection, changes: Sequence[tuple[int, str]]) -> None:
+    if changes:
+        conn.execute(
+            update(placements)
+            .where(placements.c.id == bindparam("pid"))
+            .values(flags=bindparam("new_flags")),
+            [{"pid": pid, "new_flags": f} for pid, f in changes],
+        )
+
+
+def remove_placements(conn: Connection, folder_id: int, keys: Sequence[str]) -> set[int]:
+    """Delete placements by remote key; return the ids of the messages they pointed at."""
+    affected: set[int] = set()
+    for chunk in _chunks(keys):
+        rows = conn.execute(
+            delete(placements)
+            .where(placements.c.folder_id == folder_id, placements.c.remote_key.in_(chunk))
+            .returning(placements.c.message_id)
+        )
+        affected.update(r[0] for r in rows)
+    return affected
+
+
+def drop_placements(conn: Connection, account_id: str, folder_id: int) -> set[int]:
+    rows = conn.execute(
+        delete(placements).where(placements.c.folder_id == folder_id).returning(placements.c.message_id)
+    )
+    affected = {r[0] for r in rows}
+    return affected
+
+
+def upsert_placements(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """rows: {message_id, folder_id, remote_key, flags}"""
+    if not rows:
+        return
+    stmt = _dialect_insert(conn, placements)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[placements.c.folder_id, placements.c.remote_key],
+        set_={"message_id": stmt.excluded.message_id, "flags": stmt.excluded.flags},
+    )
+    conn.execute(stmt, list(rows))
+
+
+def sweep_orphans(conn: Connection, message_ids: Iterable[int], at: datetime) -> int:
+    """Soft-delete messages (among `message_ids`) that no folder holds any more."""
+    ids = sorted(set(message_ids))
+    n = 0
+    for chunk in _chunks(ids):
+        res = conn.execute(
+            update(messages)
+            .where(
+                messages.c.id.in_(chunk),
+                messages.c.deleted_at.is_(None),
+                ~exists().where(placements.c.message_id == messages.c.id),
+            )
+            .values(deleted_at=at)
+        )
+        n += res.rowcount or 0
+    return n
+
+
+def revive(conn: Connection, message_ids: Iterable[int]) -> None:
+    ids = sorted(set(message_ids))
+    for chunk in _chunks(ids):
+        conn.execute(
+            update(messages)
+            .where(messages.c.id.in_(chunk), messages.c.deleted_at.is_not(None))
+            .values(deleted_at=None)
+        )
+
+
+# -- messages ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KnownMessage:
+    id: int
+    headers_only: bool
+    deleted: bool
+
+
+def messages_by_provider_id(conn: Connection, account_id: str, ids: Sequence[str]) -> dict[str, KnownMessage]:
+    out: dict[str, KnownMessage] = {}
+    unique = sorted(set(ids))
+    for chunk in _chunks(unique):
+        for r in conn.execute(
+            select(
+                messages.c.id, messages.c.provider_id, messages.c.headers_only, messages.c.deleted_at
+            ).where(messages.c.account_id == account_id, messages.c.provider_id.in_(chunk))
+        ):
+            out[r.provider_id] = KnownMessage(r.id, bool(r.headers_only), r.deleted_at is not None)
+    return out
+
+
+def account_has_messages(conn: Connection, account_id: str) -> bool:
+    return (
+        conn.execute(select(messages.c.id).where(messages.c.account_id == account_id).limit(1)).first()
+        is not None
+    )
+
+
+def count_messages(conn: Connection, account_id: str) -> int:
+    n: int = conn.execute(
+        select(func.count())
+        .select_from(messages)
+        .where(messages.c.account_id == account_id, messages.c.deleted_at.is_(None))
+    ).scalar_one()
+    return n
+
+
+def _addr_list(addrs: Sequence[Any]) -> list[list[str | None]]:
+    return [[a.email, a.name] for a in addrs]
+
+
+def message_row(
+    account_id: str,
+    provider_id: str,
+    parsed: ParsedMessage,
+    *,
+    blob: str,
+    internal_date: datetime | None,
+    size: int | None,
+    thread_id: str | None,
+    at: datetime,
+) -> dict[str, Any]:
+    sender = parsed.from_[0] if parsed.from_ else None
+    return {
+        "account_id": account_id,
+        "provider_id": provider_id,
+        "message_id": parsed.message_id,
+        "thread_id": thread_id,
+        "subject": parsed.subject,
+        "from_email": sender.email if sender else None,
+        "from_name": sender.name if sender else None,
+        "date": parsed.date,
+        "internal_date": internal_date,
+        "size": size,
+        "snippet": parsed.snippet,
+        "text_body": parsed.text,
+        "has_html": parsed.html is not None,
+        "recipients": {
+            "to": _addr_list(parsed.to),
+            "cc": _addr_list(parsed.cc),
+            "bcc": _addr_list(parsed.bcc),
+            "reply_to": _addr_list(parsed.reply_to),
+        },
+        "in_reply_to": parsed.in_reply_to,
+        "references": parsed.references,
+        "headers": parsed.headers,
+        "attachments": [
+            {
+                "filename": a.filename,
+                "content_type": a.content_type,
+                "size": a.size,
+                "content_id": a.content_id,
+                "inline": a.inline,
+            }
+            for a in parsed.attachments
+        ],
+        "headers_only": parsed.headers_only,
+        "parse_note": parsed.parse_note,
+        "blob": blob,
+        "html_sanitized": None,
+        "created_at": at,
+        "updated_at": at,
+        "deleted_at": None,
+    }
+
+
+def address_rows(message_id: int, parsed: ParsedMessage) -> list[dict[str, Any]]:
+    rows = []
+    for role, addrs in (
+        ("from", parsed.from_),
+        ("to", parsed.to),
+        ("cc", parsed.cc),
+        ("bcc", parsed.bcc),
+        ("reply_to", parsed.reply_to),
+    ):
+        for a in addrs:
+            if a.email:
+                rows.append(
+                    {"message_id": message_id, "role": role, "email": a.email.lower()[:320], "name": a.name}
+                )
+    return rows
+
+
+def write_messages(
+    conn: Connection,
+    rows: Sequence[dict[str, Any]],
+    known: dict[str, KnownMessage],
+    parsed_by_pid: dict[str, ParsedMessage],
+) -> dict[str, int]:
+    """Insert new messages and overwrite known ones (same provider id); return provider_id -> id."""
+    ids: dict[str, int] = {}
+    new_rows = [r for r in rows if r["provider_id"] not in known]
+    old_rows = [r for r in rows if r["provider_id"] in known]
+    if new_rows:
+        result = conn.execute(messages.insert().returning(messages.c.id, messages.c.provider_id), new_rows)
+        for mid, pid in result:
+            ids[pid] = mid
+    if old_rows:
+        updates = []
+        for r in old_rows:
+            mid = known[r["provider_id"]].id
+            ids[r["provider_id"]] = mid
+            u = {f"b_{k}": v for k, v in r.items() if k not in ("account_id", "provider_id", "created_at")}
+            u["mid"] = mid
+            updates.append(u)
+        cols: dict[str, Any] = {k[2:]: bindparam(k) for k in updates[0] if k != "mid"}
+        conn.execute(update(messages).where(messages.c.id == bindparam("mid")).values(**cols), updates)
+        old_ids = [known[r["provider_id"]].id for r in old_rows]
+        for chunk in _chunks(old_ids):
+            conn.execute(delete(message_addresses).where(message_addresses.c.message_id.in_(chunk)))
+    addr: list[dict[str, Any]] = []
+    for pid, mid in ids.items():
+        addr.extend(address_rows(mid, parsed_by_pid[pid]))
+    if addr:
+        conn.execute(message_addresses.insert(), addr)
+    return ids
+
+
+def message_ids_of_account(conn: Connection, account_id: str) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            select(messages.c.message_id).where(
+                and_(messages.c.account_id == account_id, messages.c.deleted_at.is_(None))
+            )
+        )
+    ]

@@ -1,0 +1,480 @@
+"""The sync engine: provider-agnostic, the only writer of mail data.
+
+One run for one account:
+
+    lease the account (one syncer at a time, across processes)
+    -> status syncing
+    -> provider.verify()             AuthError -> auth_error; UnsupportedServer -> unsupported
+    -> provider.folders()            recorded; vanished folders lose their placements
+    -> for each stream (inbox first):
+         loop: changes(stream, cursor) -> ChangeSet
+               1. one transaction: reset / removed / present-sweep, flag updates of known
+                  placements, placements of messages we already hold (re-attached, not fetched)
+               2. the rest is fetched in a pipeline:
+                      provider.fetch (thread) -> mime.parse_many (thread) -> store (this thread)
+                  each chunk commits its blobs (flushed first), rows, placements and the
+                  checkpoint cursor in one transaction: a crash re-fetches at most one chunk
+               3. the cursor of the whole ChangeSet commits with the last write
+         until not more
+    -> status connected ("Connected"); lease released
+
+Idempotence: messages are upserted by (account, provider_id) and placements by (folder,
+remote_key), so re-running any part of a run (after a crash, a retry, an expired cursor) converges
+on the server's state with no duplicate.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from inboxlink.domain import AccountStatus, ChangeSet, Cursor, FetchParts, MessageRef, RawMessage
+from inboxlink.errors import AuthError, CursorExpired, InboxlinkError, TransientError, UnsupportedServer
+from inboxlink.mime.parse import parse_many
+from inboxlink.providers.base import MailProvider, provider_id_for_message_id
+from inboxlink.store import mailstore
+from inboxlink.store.db import Database
+from inboxlink.store.schema import accounts
+from inboxlink.sync.policy import backoff_seconds
+from inboxlink.sync.state import SYNCABLE, now, transition
+
+log = logging.getLogger(__name__)
+
+CONNECTED_REASON = "Connected"
+LEASE_SECONDS = 600
+CHANGES_LIMIT = 10_000
+
+ProgressFn = Callable[[str, int, int], None]  # (stream, done, total)
+
+
+@dataclass
+class SyncReport:
+    account: str
+    status: str
+    reason: str | None = None
+    messages: int = 0  # messages in the account after the run
+    fetched: int = 0  # messages downloaded by this run
+    fetched_bytes: int = 0
+    seconds: float = 0.0
+    streams: dict[str, int] = field(default_factory=dict)
+
+
+class AccountBusy(InboxlinkError):
+    code = "busy"
+    http_status = 409
+
+
+@dataclass
+class _Run:
+    account_id: str
+    provider: MailProvider
+    parts: FetchParts
+    had_messages: bool
+    report: SyncReport
+    progress: ProgressFn | None
+    folder_ids: dict[str, int] = field(default_factory=dict)
+
+
+_DONE = object()
+
+
+class SyncEngine:
+    def __init__(self, db: Database, open_provider: Callable[[str], MailProvider]) -> None:
+        self.db = db
+        self.open_provider = open_provider
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    # -- leases --------------------------------------------------------------------------------
+    def _lease(self, account_id: str) -> bool:
+        at = now()
+        with self.db.engine.begin() as conn:
+            res = conn.execute(
+                update(accounts)
+                .where(accounts.c.id == account_id)
+                .where(
+                    (accounts.c.lease_until.is_(None))
+                    | (accounts.c.lease_until < at)
+                    | (accounts.c.lease_owner == self.owner)
+                )
+                .values(lease_owner=self.owner, lease_until=at + timedelta(seconds=LEASE_SECONDS))
+            )
+            return bool(res.rowcount)
+
+    def _release(self, account_id: str) -> None:
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                update(accounts)
+                .where(accounts.c.id == account_id, accounts.c.lease_owner == self.owner)
+                .values(lease_owner=None, lease_until=None)
+            )
+
+    def _renew(self, conn: Connection, account_id: str) -> None:
+        conn.execute(
+            update(accounts)
+            .where(accounts.c.id == account_id)
+            .values(lease_until=now() + timedelta(seconds=LEASE_SECONDS))
+        )
+
+    # -- public ----------------------------------------------------------------------------------
+    def sync(
+        self,
+        account_id: str,
+        *,
+        headers_only: bool | None = None,
+        progress: ProgressFn | None = None,
+        attempts: int = 1,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> SyncReport:
+        """Run until the account is in sync, retrying transient failures `attempts` times in all."""
+        report = SyncReport(account=account_id, status="")
+        started = time.monotonic()
+        for attempt in range(1, attempts + 1):
+            try:
+                report = self._sync_once(
+                    account_id, headers_only=headers_only, progress=progress, report=report
+                )
+                break
+            except TransientError as exc:
+                if attempt >= attempts:
+                    report.status, report.reason = self._transient_failure(account_id, exc, final=True)
+                    break
+                self._transient_failure(account_id, exc, final=False)
+                sleep(backoff_seconds(attempt, base=0.5, exc=exc))
+        report.seconds = round(time.monotonic() - started, 3)
+        with self.db.engine.connect() as conn:
+            report.messages = mailstore.count_messages(conn, account_id)
+            row = conn.execute(
+                select(accounts.c.status, accounts.c.status_reason).where(accounts.c.id == account_id)
+            ).one()
+        report.status, report.reason = row.status, row.status_reason
+        return report
+
+    def _transient_failure(self, account_id: str, exc: TransientError, *, final: bool) -> tuple[str, str]:
+        reason = exc.message
+        with self.db.engine.begin() as conn:
+            row = conn.execute(
+                select(accounts.c.failures, accounts.c.status).where(accounts.c.id == account_id)
+            ).one()
+            failures = int(row.failures or 0) + 1
+            conn.execute(
+                update(accounts)
+                .where(accounts.c.id == account_id)
+                .values(
+                    failures=failures,
+                    last_error=reason,
+                    next_attempt_at=now() + timedelta(seconds=backoff_seconds(failures, exc=exc)),
+                )
+            )
+            if final and row.status != AccountStatus.CONNECT_ERROR:
+                transition(conn, account_id, AccountStatus.CONNECT_ERROR, reason)
+        return AccountStatus.CONNECT_ERROR.value, reason
+
+    def _sync_once(
+        self, account_id: str, *, headers_only: bool | None, progress: ProgressFn | None, report: SyncReport
+    ) -> SyncReport:
+        with self.db.engine.connect() as conn:
+            acct = conn.execute(select(accounts).where(accounts.c.id == account_id)).one()
+        status = AccountStatus(acct.status)
+        if status not in SYNCABLE:
+            report.status, report.reason = status.value, acct.status_reason
+            return report
+        if not self._lease(account_id):
+            raise AccountBusy(f"account {account_id} is being synced by another process")
+        provider: MailProvider | None = None
+        try:
+            with self.db.engine.begin() as conn:
+                if status != AccountStatus.SYNCING:
+                    transition(conn, account_id, AccountStatus.SYNCING, "sync started")
+                had = mailstore.account_has_messages(conn, account_id)
+            if headers_only is None:
+                headers_only = acct.sync_mode == "headers"
+            provider = self.open_provider(account_id)
+            run = _Run(
+                account_id,
+                provider,
+                FetchParts.HEADERS if headers_only else FetchParts.FULL,
+                had,
+                report,
+                progress,
+            )
+            try:
+                self._run(run)
+            except AuthError as exc:
+                with self.db.engine.begin() as conn:
+                    transition(conn, account_id, AccountStatus.AUTH_ERROR, exc.message)
+                    conn.execute(
+                        update(accounts).where(accounts.c.id == account_id).values(last_error=exc.message)
+                    )
+                return report
+            except UnsupportedServer as exc:
+                with self.db.engine.begin() as conn:
+                    transition(conn, account_id, AccountStatus.UNSUPPORTED, exc.message)
+                return report
+            with self.db.engine.begin() as conn:
+                transition(conn, account_id, AccountStatus.CONNECTED, CONNECTED_REASON)
+                conn.execute(
+                    update(accounts)
+                    .where(accounts.c.id == account_id)
+                    .values(last_sync_at=now(), failures=0, last_error=None, next_attempt_at=None)
+                )
+            return report
+        finally:
+            if provider is not None:
+                provider.close()
+            self._release(account_id)
+
+    # -- one run -------------------------------------------------------------------------------
+    def _run(self, run: _Run) -> None:
+        provider = run.provider
+        _identity, caps = provider.verify()
+        found = provider.folders()
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                update(accounts)
+                .where(accounts.c.id == run.account_id)
+                .values(
+                    capabilities={
+                        "condstore": caps.condstore,
+                        "qresync": caps.qresync,
+                        "idle": caps.idle,
+                        "special_use": caps.special_use,
+                        "can_send": caps.can_send,
+                        "server": caps.server,
+                        "raw": list(caps.raw),
+                    }
+                )
+            )
+            run.folder_ids = mailstore.upsert_folders(conn, run.account_id, found)
+        for stream in provider.streams():
+            self._sync_stream(run, stream)
+
+    def _sync_stream(self, run: _Run, stream: str) -> None:
+        folder_id = run.folder_ids[stream]
+        with self.db.engine.connect() as conn:
+            cursor = mailstore.folder_cursor(conn, folder_id)
+        expired_once = False
+        while True:
+            try:
+                cs = run.provider.changes(stream, cursor, CHANGES_LIMIT)
+            except CursorExpired:
+                if expired_once:
+                    raise
+                expired_once, cursor = True, None
+                log.info("cursor of %s expired; full resync", stream)
+                continue
+            self._apply(run, folder_id, cs)
+            cursor = cs.next_cursor
+            if not cs.more:
+                break
+
+    def _apply(self, run: _Run, folder_id: int, cs: ChangeSet) -> None:
+        at = now()
+        to_fetch: list[MessageRef] = []
+        with self.db.engine.begin() as conn:
+            self._renew(conn, run.account_id)
+            affected: set[int] = set()
+            if cs.reset:
+                affected |= mailstore.drop_placements(conn, run.account_id, folder_id)
+            if cs.removed:
+                affected |= mailstore.remove_placements(conn, folder_id, [k for _f, k in cs.removed])
+            if cs.present is not None:
+                stored = mailstore.all_placement_keys(conn, folder_id)
+                gone = [k for k in stored if k not in cs.present]
+                if gone:
+                    affected |= mailstore.remove_placements(conn, folder_id, gone)
+            known_pl = mailstore.placements_by_key(conn, folder_id, [r.remote_key for r in cs.upserts])
+            flag_updates: list[tuple[int, str]] = []
+            new_refs: list[MessageRef] = []
+            for ref in cs.upserts:
+                pl = known_pl.get(ref.remote_key)
+                if pl is None:
+                    new_refs.append(ref)
+                elif ref.flags is not None:
+                    text = mailstore.flags_text(ref.flags)
+                    if text != pl.flags:
+                        flag_updates.append((pl.id, text))
+            mailstore.update_flags(conn, flag_updates)
+            if new_refs and run.had_messages and any(r.provider_id is None for r in new_refs):
+                new_refs = run.provider.identify(new_refs)
+            attach: list[dict[str, Any]] = []
+            revived: list[int] = []
+            with_ids = [r.provider_id for r in new_refs if r.provider_id]
+            known_msgs = mailstore.messages_by_provider_id(conn, run.account_id, with_ids) if with_ids else {}
+            for ref in new_refs:
+                km = known_msgs.get(ref.provider_id or "")
+                if km is None or (km.headers_only and run.parts is FetchParts.FULL):
+                    to_fetch.append(ref)
+                    continue
+                attach.append(
+                    {
+                        "message_id": km.id,
+                        "folder_id": folder_id,
+                        "remote_key": ref.remote_key,
+                        "flags": mailstore.flags_text(ref.flags or ()),
+                    }
+                )
+                if km.deleted:
+                    revived.append(km.id)
+            mailstore.upsert_placements(conn, attach)
+            mailstore.revive(conn, revived)
+            if affected:
+                mailstore.sweep_orphans(conn, affected, at)
+            if not to_fetch:
+                mailstore.save_cursor(conn, folder_id, cs.next_cursor, at)
+        if to_fetch:
+            self._fetch_and_store(run, folder_id, cs, to_fetch)
+        run.report.streams[cs.folder] = run.report.streams.get(cs.folder, 0) + len(to_fetch)
+
+    # -- the pipeline ------------------------------------------------------------------------------
+    def _fetch_and_store(self, run: _Run, folder_id: int, cs: ChangeSet, refs: list[MessageRef]) -> None:
+        position = {r.remote_key: i for i, r in enumerate(cs.upserts)}
+        total = len(refs)
+        done = 0
+        stop = threading.Event()
+        fetched: queue.Queue[Any] = queue.Queue(maxsize=3)
+        parsed_q: queue.Queue[Any] = queue.Queue(maxsize=3)
+
+        def produce() -> None:
+            try:
+                for chunk in run.provider.fetch(refs, run.parts):
+                    if stop.is_set():
+                        return
+                    fetched.put(chunk)
+            except BaseException as exc:
+                fetched.put(exc)
+            finally:
+                fetched.put(_DONE)
+
+        def parse() -> None:
+            while True:
+                item = fetched.get()
+                if item is _DONE or isinstance(item, BaseException):
+                    parsed_q.put(item)
+                    if item is _DONE:
+                        return
+                    continue
+                if stop.is_set():
+                    continue
+                try:
+                    parsed = parse_many([m.raw for m in item], headers_only=run.parts is FetchParts.HEADERS)
+                    parsed_q.put((item, parsed))
+                except BaseException as exc:
+                    parsed_q.put(exc)
+
+        threads = [
+            threading.Thread(target=produce, name="sync-fetch", daemon=True),
+            threading.Thread(target=parse, name="sync-parse", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # the batches allocate many small objects and no cycles: GC passes are waste
+        error: BaseException | None = None
+        last_pos = -1
+        try:
+            while True:
+                item = parsed_q.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    error = error or item
+                    stop.set()
+                    continue
+                if error is not None:
+                    continue
+                chunk, parsed = item
+                last_pos = (
+                    max(last_pos, *(position.get(m.ref.remote_key, -1) for m in chunk)) if chunk else last_pos
+                )
+                checkpoint: Cursor | None = None
+                if cs.checkpoint is not None and last_pos >= 0:
+                    checkpoint = cs.checkpoint(last_pos + 1)
+                self._store_chunk(run, folder_id, chunk, parsed, checkpoint)
+                done += len(chunk)
+                if run.progress:
+                    run.progress(cs.folder, done, total)
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+            stop.set()
+            # Drain so the threads can finish.
+            for q in (fetched, parsed_q):
+                while True:
+                    try:
+                        q.get_nowait()
+                    except queue.Empty:
+                        break
+            for t in threads:
+                t.join(timeout=30)
+        if error is not None:
+            raise error
+        with self.db.engine.begin() as conn:
+            mailstore.save_cursor(conn, folder_id, cs.next_cursor, now())
+
+    def _store_chunk(
+        self, run: _Run, folder_id: int, chunk: list[RawMessage], parsed: list[Any], checkpoint: Cursor | None
+    ) -> None:
+        if not chunk:
+            return
+        at = now()
+        by_pid: dict[str, tuple[RawMessage, Any]] = {}
+        placements_for: list[tuple[str, RawMessage]] = []
+        for raw, p in zip(chunk, parsed, strict=True):
+            pid = raw.provider_id or provider_id_for_message_id(p.message_id, raw.raw)
+            by_pid[pid] = (raw, p)  # the same message twice in one chunk: one row, two placements
+            placements_for.append((pid, raw))
+        items = list(by_pid.items())
+        blob_refs = self.db.blobs.put_many([raw.raw for _pid, (raw, _p) in items])
+        self.db.blobs.flush()  # bytes reach the OS before any row points at them
+        rows = [
+            mailstore.message_row(
+                run.account_id,
+                pid,
+                p,
+                blob=blob,
+                internal_date=raw.internal_date,
+                size=raw.size,
+                thread_id=raw.thread_id,
+                at=at,
+            )
+            for (pid, (raw, p)), blob in zip(items, blob_refs, strict=True)
+        ]
+        with self.db.engine.begin() as conn:
+            known = mailstore.messages_by_provider_id(conn, run.account_id, [pid for pid, _ in items])
+            ids = mailstore.write_messages(conn, rows, known, {pid: p for pid, (_r, p) in items})
+            mailstore.upsert_placements(
+                conn,
+                [
+                    {
+                        "message_id": ids[pid],
+                        "folder_id": folder_id,
+                        "remote_key": raw.ref.remote_key,
+                        "flags": mailstore.flags_text(raw.flags),
+                    }
+                    for pid, raw in placements_for
+                ],
+            )
+            if checkpoint is not None:
+                mailstore.save_cursor(conn, folder_id, checkpoint, at)
+        run.report.fetched += len(chunk)
+        run.report.fetched_bytes += sum(len(r.raw) for r in chunk)
+
+
+def iter_chunks(items: list[MessageRef], n: int) -> Iterator[list[MessageRef]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]

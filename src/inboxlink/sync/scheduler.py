@@ -1,0 +1,104 @@
+"""Keeps every paired account in sync inside `serve` (embedded mode).
+
+    every tick: accounts that may sync (pending, syncing, connected, connect_error), whose
+    backoff has passed (`next_attempt_at`) and whose last sync is older than the poll interval
+    (or that were poked through `trigger()`), are handed to a small pool; one run each at a time.
+
+Push (IMAP IDLE, provider webhooks) will call `trigger()`; until then polling bounds the delay.
+An account in auth_error, unsupported or disconnected is never touched: only pairing again
+revives it. A transient failure only pushes `next_attempt_at` back (the engine records it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from inboxlink.domain import AccountStatus
+from inboxlink.store.schema import accounts
+from inboxlink.sync.engine import SyncEngine
+from inboxlink.sync.state import SYNCABLE, now
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, engine: SyncEngine, *, interval: float, workers: int = 2, tick: float = 1.0) -> None:
+        self.engine = engine
+        self.interval = interval
+        self.tick = tick
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync")
+        self._running: dict[str, Future[object]] = {}
+        self._poked: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sync-scheduler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def trigger(self, account_id: str) -> None:
+        with self._lock:
+            self._poked.add(account_id)
+        self._wake.set()
+
+    def _due(self) -> list[str]:
+        at = now()
+        stale = at - timedelta(seconds=self.interval)
+        with self.engine.db.engine.connect() as conn:
+            rows = conn.execute(
+                select(accounts.c.id, accounts.c.status, accounts.c.last_sync_at, accounts.c.next_attempt_at)
+            ).all()
+        due = []
+        with self._lock:
+            poked, self._poked = self._poked, set()
+        for r in rows:
+            if AccountStatus(r.status) not in SYNCABLE:
+                continue
+            if r.next_attempt_at is not None and _aware(r.next_attempt_at) > at and r.id not in poked:
+                continue
+            if r.id in poked or r.last_sync_at is None or _aware(r.last_sync_at) < stale:
+                due.append(r.id)
+        return due
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for account_id in self._due():
+                    with self._lock:
+                        running = self._running.get(account_id)
+                        if running is not None and not running.done():
+                            continue
+                        self._running[account_id] = self._pool.submit(self._run, account_id)
+            except Exception:
+                log.exception("scheduler tick failed")
+            self._wake.wait(self.tick)
+            self._wake.clear()
+
+    def _run(self, account_id: str) -> object:
+        try:
+            report = self.engine.sync(account_id, attempts=1)
+            log.info(
+                "account %s: %s (%s), %d fetched", account_id, report.status, report.reason, report.fetched
+            )
+            return report
+        except Exception:
+            log.exception("sync of account %s failed", account_id)
+            return None
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
