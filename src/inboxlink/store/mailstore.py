@@ -89,17 +89,19 @@ class KnownPlacement:
     id: int
     message_id: int
     flags: str
+    headers_only: bool
 
 
 def placements_by_key(conn: Connection, folder_id: int, keys: Sequence[str]) -> dict[str, KnownPlacement]:
     out: dict[str, KnownPlacement] = {}
     for chunk in _chunks(keys):
         for r in conn.execute(
-            select(
-                placements.c.id, placements.c.remote_key, placements.c.message_id, placements.c.flags
-            ).where(placements.c.folder_id == folder_id, placements.c.remote_key.in_(chunk))
+            select(placements.c.id, placements.c.remote_key, placements.c.message_id, placements.c.flags,
+                   messages.c.headers_only)
+            .join(messages, messages.c.id == placements.c.message_id)
+            .where(placements.c.folder_id == folder_id, placements.c.remote_key.in_(chunk))
         ):
-            out[r.remote_key] = KnownPlacement(r.id, r.message_id, r.flags)
+            out[r.remote_key] = KnownPlacement(r.id, r.message_id, r.flags, bool(r.headers_only))
     return out
 
 
@@ -204,6 +206,20 @@ def messages_by_provider_id(conn: Connection, account_id: str, ids: Sequence[str
         ):
             out[r.provider_id] = KnownMessage(r.id, bool(r.headers_only), r.deleted_at is not None)
     return out
+
+
+def restart_folders_with_headers_only(conn: Connection, account_id: str) -> int:
+    """Forget the cursors of folders holding header-only messages, so that a full-mode run makes a
+    full pass over them and downloads just their bodies (nothing else, no duplicate)."""
+    holding = (
+        select(placements.c.folder_id)
+        .join(messages, messages.c.id == placements.c.message_id)
+        .where(messages.c.account_id == account_id, messages.c.headers_only.is_(True),
+               messages.c.deleted_at.is_(None))
+        .distinct()
+    )
+    res = conn.execute(update(folders).where(folders.c.id.in_(holding)).values(cursor=None))
+    return res.rowcount or 0
 
 
 def account_has_messages(conn: Connection, account_id: str) -> bool:

@@ -90,6 +90,22 @@ class _Run:
 _DONE = object()
 
 
+def _holder_is_dead(owner: str) -> bool:
+    """True when `owner` ("host:pid:nonce") names a process of this machine that no longer runs.
+    Holders on other machines are left to their lease expiry."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class SyncEngine:
     def __init__(self, db: Database, open_provider: Callable[[str], MailProvider]) -> None:
         self.db = db
@@ -110,7 +126,18 @@ class SyncEngine:
                 )
                 .values(lease_owner=self.owner, lease_until=at + timedelta(seconds=LEASE_SECONDS))
             )
-            return bool(res.rowcount)
+            if res.rowcount:
+                return True
+            holder = conn.execute(select(accounts.c.lease_owner).where(accounts.c.id == account_id)).scalar()
+            if holder and _holder_is_dead(holder):
+                # A process on this machine that died holding the lease (kill -9, crash): take it over.
+                res = conn.execute(
+                    update(accounts)
+                    .where(accounts.c.id == account_id, accounts.c.lease_owner == holder)
+                    .values(lease_owner=self.owner, lease_until=at + timedelta(seconds=LEASE_SECONDS))
+                )
+                return bool(res.rowcount)
+            return False
 
     def _release(self, account_id: str) -> None:
         with self.db.engine.begin() as conn:
@@ -198,8 +225,10 @@ class SyncEngine:
                 if status != AccountStatus.SYNCING:
                     transition(conn, account_id, AccountStatus.SYNCING, "sync started")
                 had = mailstore.account_has_messages(conn, account_id)
-            if headers_only is None:
-                headers_only = acct.sync_mode == "headers"
+                if headers_only is None:
+                    headers_only = acct.sync_mode == "headers"
+                if not headers_only:
+                    mailstore.restart_folders_with_headers_only(conn, account_id)
             provider = self.open_provider(account_id)
             run = _Run(
                 account_id,
@@ -301,6 +330,8 @@ class SyncEngine:
                 pl = known_pl.get(ref.remote_key)
                 if pl is None:
                     new_refs.append(ref)
+                elif pl.headers_only and run.parts is FetchParts.FULL:
+                    to_fetch.append(ref)  # bodies wanted now: download; the upsert completes the row
                 elif ref.flags is not None:
                     text = mailstore.flags_text(ref.flags)
                     if text != pl.flags:
@@ -340,6 +371,8 @@ class SyncEngine:
     # -- the pipeline ------------------------------------------------------------------------------
     def _fetch_and_store(self, run: _Run, folder_id: int, cs: ChangeSet, refs: list[MessageRef]) -> None:
         position = {r.remote_key: i for i, r in enumerate(cs.upserts)}
+        # Fetch in the ChangeSet's order: a checkpoint after chunk k then covers a stored prefix.
+        refs = sorted(refs, key=lambda r: position.get(r.remote_key, -1))
         total = len(refs)
         done = 0
         stop = threading.Event()

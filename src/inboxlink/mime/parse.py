@@ -1,0 +1,823 @@
+"""Raw RFC 5322 bytes -> `ParsedMessage`, for a whole batch at a time.
+
+`parse_many` is the hot path of a sync. Three tiers, per message:
+
+1. `fast_mail_parser.parse_many` (Rust, parallel, GIL released for the batch) in "lazy" mode: bodies
+   decoded, attachments decoded only when we read them (we do, for the size, but nothing keeps them).
+   Headers-only input uses "metadata" mode, which decodes nothing.
+2. The stdlib `email` package (compat32 policy: lenient, and about twice as fast as `default`) when
+   fast-mail-parser refuses the message (invalid base64 in a body part...), or returned something we
+   know to be lossy: a charset it did not recognise (`unknown-8bit`, made-up labels: it decodes those
+   as ASCII and every 8-bit byte becomes U+FFFD), or a multipart whose boundary never appears (it
+   silently returns no text at all).
+3. A "raw fallback" built from the header lines read by hand, when even the stdlib fails.
+
+Whatever happens, one `ParsedMessage` per input, same order, and nothing raises. `parse_note` says
+which fallback was used and why. Header fields are read from the header block in all tiers the same
+way: message-ids lose their angle brackets, RFC 2047 words are decoded (unknown charsets as UTF-8,
+else Windows-1252), dates become aware datetimes (naive ones are taken as UTC; unparseable ones are
+None), addresses follow `email.utils.getaddresses`.
+
+fast-mail-parser quirks handled here (0.10.0):
+- header names keep the case they were written in (`Message-Id` / `Message-ID`): lower-cased here;
+- `text_plain`, `text_html`, `to`, ... are rebuilt on every attribute read: each is read once;
+- `date_parsed` is wrong for dates without seconds and no weekday ("1 Jan 2024 10:00 +0200" comes
+  back as 10:03:20 UTC), rolls Feb 30 into March, maps year 0001 to 2001, and raises ValueError for
+  year 99999: the Date header goes through `email.utils.parsedate_to_datetime` instead;
+- one unparseable mailbox empties the whole address list, and a From with two mailboxes keeps only
+  the first: such headers are re-read with `getaddresses`;
+- after an RFC 5322 group or an empty list element, the next address comes back as ", c@z";
+- a body in an undeclared (or us-ascii) charset is decoded as Windows-1252, so 8-bit UTF-8 becomes
+  mojibake ("cafÃ©"): text that round-trips through Windows-1252 into valid UTF-8 is re-decoded;
+- encoded-words in an unknown charset (`=?unknown-8bit?q?...?=`) are left encoded in the headers.
+"""
+
+from __future__ import annotations
+
+import codecs
+import email.utils
+import html as html_lib
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from email.header import decode_header
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import compat32
+
+import fast_mail_parser as fmp
+
+from inboxlink.domain import Address, Attachment, ParsedMessage
+
+__all__ = ["KEPT_HEADERS", "SNIPPET_LENGTH", "html_to_text", "normalize_message_id", "parse_many"]
+
+# The header selection stored with each message: lower-cased name -> first value (RFC 2047-decoded).
+KEPT_HEADERS = (
+    "message-id", "date", "from", "to", "cc", "subject", "in-reply-to", "references", "list-id",
+    "list-unsubscribe", "precedence", "auto-submitted", "x-auto-response-suppress", "return-path",
+    "delivered-to", "content-type",
+)  # fmt: skip
+_KEPT = frozenset(KEPT_HEADERS)
+# Read as well, but not stored in `headers`.
+_WANTED = _KEPT | {"bcc", "reply-to"}
+SNIPPET_LENGTH = 200
+
+_FMP_MAX_BYTES = 100 * 1024 * 1024  # fast-mail-parser refuses larger input
+_STDLIB_MAX_BYTES = 64 * 1024 * 1024  # above this a refused message gets the raw fallback only
+_CHUNK_BYTES = 32 * 1024 * 1024  # bound on what one fast_mail_parser.parse_many call materialises
+_HEADER_BLOCK_MAX = 1024 * 1024  # the hand reader looks no further for the end of the headers
+
+_MSGID = re.compile(r"<([^<>]*)>")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_SNIPPET_SOURCE = 4000  # chars of text examined for the snippet
+
+_stdlib_parser = BytesParser(policy=compat32)
+_CRLF = compat32.clone(linesep="\r\n")  # to re-serialise an embedded message/rfc822 as on the wire
+
+
+# --------------------------------------------------------------------------------------------------
+# Text decoding helpers
+
+
+def _c1_as_bytes(exc: UnicodeError) -> tuple[bytes, int]:
+    """Encode error handler: C1 controls (U+0080-U+009F) back to the byte they came from."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    chunk = exc.object[exc.start : exc.end]
+    if all(0x80 <= ord(c) <= 0x9F for c in chunk):
+        return chunk.encode("latin-1"), exc.end
+    raise exc
+
+
+codecs.register_error("inboxlink-c1", _c1_as_bytes)
+
+_ASCII_LABELS = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968", "646", "iso646-us", "us"})
+_UNKNOWN_LABELS = frozenset({"unknown-8bit", "x-unknown", "unknown", "8bit", "default", "x-user-defined"})
+
+
+def _decode_bytes(data: bytes, charset: str | None) -> str:
+    """Bytes in a declared (possibly bogus) charset -> str, never raising.
+
+    A known charset decodes with replacement characters for bad bytes; an absent, ASCII or unknown
+    one tries UTF-8, then Windows-1252, then Latin-1 (which cannot fail).
+    """
+    label = charset.strip().strip('"').lower() if charset else ""
+    if label and label not in _ASCII_LABELS and label not in _UNKNOWN_LABELS:
+        try:
+            return data.decode(label, "replace")
+        except Exception:  # LookupError, or a codec that is not a bytes->str text encoding
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+# A UTF-8 lead byte followed by a continuation byte, both seen through Windows-1252. Only looked for
+# when one of the lead bytes of Latin-1 letters, symbols and punctuation (Ã, Â, â) is present.
+_MOJIBAKE = re.compile(
+    "[\u00c2-\u00f4][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc"
+    "\u2013\u2014\u2018-\u201a\u201c-\u201e\u2020-\u2022\u2026\u2030\u2039\u203a\u20ac\u2122]"
+)
+
+
+def _fix_mojibake(text: str) -> str:
+    """Undo UTF-8 bytes decoded as Windows-1252 (fast-mail-parser's default charset)."""
+    if text.isascii() or not ("Ã" in text or "Â" in text or "â" in text) or not _MOJIBAKE.search(text):
+        return text
+    try:
+        return text.encode("cp1252", "inboxlink-c1").decode("utf-8")
+    except UnicodeError:
+        return text
+
+
+def _decode_words(value: str) -> str:
+    """Decode RFC 2047 encoded-words, with the same fallbacks as bodies for unknown charsets."""
+    if "=?" not in value:
+        return value
+    try:
+        chunks = decode_header(value)
+    except Exception:
+        return value
+    out = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            out.append(chunk)
+        else:
+            out.append(_decode_bytes(chunk, charset))
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# HTML -> text, snippet
+
+
+_BLOCK_TAG = re.compile(
+    r"<(?:br|/?p|/?div|/?tr|/?li|/?h[1-6]|/?table|/?blockquote|/?ul|/?ol|hr|/?pre|/?dd|/?dt)\b[^<>]*>",
+    re.IGNORECASE,
+)
+_CELL_TAG = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
+_ANY_TAG = re.compile(r"<[^<>]*>")
+_DROP_START = re.compile(r"<(?:!--|script|style|head\b)", re.IGNORECASE)
+_DROP_BLOCKS = {"<!--": "-->", "<script": "</script", "<style": "</style", "<head": "</head"}
+
+
+def _drop_blocks(html: str) -> str:
+    """Remove comments, scripts, styles and the head, in linear time (unclosed: to the end)."""
+    m = _DROP_START.search(html)
+    if m is None:
+        return html
+    lower = html.lower()
+    out: list[str] = []
+    pos = 0
+    while m is not None:
+        start = m.start()
+        out.append(html[pos:start])
+        close = lower.find(_DROP_BLOCKS[lower[start : m.end()].rstrip()], m.end())
+        if close < 0:
+            return " ".join(out)
+        gt = lower.find(">", close)
+        pos = len(html) if gt < 0 else gt + 1
+        m = _DROP_START.search(html, pos)
+    out.append(html[pos:])
+    return " ".join(out)
+
+
+def html_to_text(html: str) -> str:
+    """A cheap plain-text rendering of HTML: tags stripped, entities decoded, whitespace collapsed."""
+    text = _drop_blocks(html)
+    text = _BLOCK_TAG.sub("\n", text)
+    text = _CELL_TAG.sub(" ", text)
+    text = _ANY_TAG.sub("", text)
+    if "&" in text:
+        text = html_lib.unescape(text)
+    lines = [" ".join(line.split()) for line in text.split("\n")]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip()
+
+
+# A line that starts the quoted part of a reply, as far as the snippet cares (quotes.fold_quotes is
+# the thorough version).
+_SNIPPET_STOP = re.compile(
+    r"(?:On\s.*\bwrote\s*:|-{2,}\s*(?:Original Message|Forwarded message)|_{8,}$|From:\s.*)",
+    re.IGNORECASE,
+)
+_STOP_INITIALS = frozenset("OoFf-_")
+
+
+# Any of these near the start of the text sends the snippet down the line-by-line path.
+_SNIPPET_MARKER = re.compile(r">|On |on |rote|----|____|From:|FROM:")
+
+
+def _cut(snippet: str) -> str:
+    if len(snippet) <= SNIPPET_LENGTH:
+        return snippet
+    cut = snippet.rfind(" ", SNIPPET_LENGTH - 40, SNIPPET_LENGTH)
+    return snippet[: cut if cut > 0 else SNIPPET_LENGTH]
+
+
+def _snippet(text: str) -> str:
+    """The first ~200 characters of the new text: whitespace collapsed, `>` lines and the quoted
+    part below an "On ... wrote:" / "-----Original Message-----" / "From:" line left out."""
+    head = text[: SNIPPET_LENGTH + 60]
+    if _SNIPPET_MARKER.search(head) is None:
+        snippet = " ".join(head.split())  # the common case: no quote starts this early
+        if len(snippet) >= SNIPPET_LENGTH or len(head) == len(text):
+            return _cut(snippet)
+    words: list[str] = []
+    size = 0
+    prev = ""
+    pos = 0
+    end = min(len(text), _SNIPPET_SOURCE)
+    while pos < end:
+        nl = text.find("\n", pos, end)
+        if nl < 0:
+            nl = end
+        line = text[pos:nl].strip()
+        pos = nl + 1
+        if not line or line[0] == ">":
+            prev = line
+            continue
+        if (line[0] in _STOP_INITIALS and _SNIPPET_STOP.match(line)) or (
+            prev[:3].lower() == "on " and line.lower().endswith(("wrote:", "wrote :"))
+        ):
+            if prev[:3].lower() == "on " and words and words[-1] == prev:
+                words.pop()
+            break
+        words.append(line)
+        prev = line
+        size += len(line) + 1
+        if size > SNIPPET_LENGTH:
+            break
+    return _cut(" ".join(" ".join(words).split()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Header fields (shared by all tiers)
+
+
+def _msgids(value: str | None, *, strict: bool) -> list[str]:
+    """Message-ids in a header, without brackets. Without any complete `<...>`, whitespace-separated
+    tokens are taken instead: those with an "@" when `strict`, else the first one."""
+    if not value:
+        return []
+    if "<" in value:
+        ids = _MSGID.findall(value)
+        if ids and all(ids) and not any(" " in i or "\t" in i for i in ids):
+            return ids
+        ids = [m for m in (x.strip() for x in ids) if m]
+        if ids:
+            return ids
+    tokens = value.replace("<", " ").replace(">", " ").split()
+    if strict:
+        return [t for t in tokens if "@" in t]
+    return tokens[:1]
+
+
+def normalize_message_id(value: str | None) -> str | None:
+    """A Message-ID header value as inboxlink stores it: the first `<...>` without its brackets and
+    surrounding whitespace; without brackets, the first token; None when nothing is left."""
+    if value and value[0] == "<" and value[-1] == ">" and value.count("<") == 1:
+        return value[1:-1].strip() or None
+    ids = _msgids(value, strict=False)
+    return ids[0] if ids else None
+
+
+def _first_reference(value: str | None) -> str | None:
+    if value and value[0] == "<" and value[-1] == ">" and value.count("<") == 1:
+        return value[1:-1].strip() or None
+    ids = _msgids(value, strict=True)
+    return ids[0] if ids else None
+
+
+def _references(value: str | None) -> list[str]:
+    ids = _msgids(value, strict=True)
+    return list(dict.fromkeys(ids)) if len(ids) > 1 else ids
+
+
+# The common shape of a Date header, parsed without the stdlib's general (and slower) parser.
+_FAST_DATE = re.compile(
+    r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2}) ([A-Za-z]{3}) (\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)"
+    r"(?:\s*\([^()]*\))?\s*"
+)
+_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1
+)}  # fmt: skip
+_TZ_CACHE: dict[str, tzinfo] = {}
+
+
+def _fast_date(m: re.Match[str]) -> datetime | None:
+    day, mon, year, hh, mm, ss, sign, oh, om = m.groups()
+    month = _MONTHS.get(mon.lower())
+    if month is None:
+        return None
+    key = sign + oh + om
+    tz = _TZ_CACHE.get(key)
+    if tz is None:
+        offset = timedelta(hours=int(oh), minutes=int(om))
+        if offset >= timedelta(hours=24):
+            return None
+        tz = UTC if not offset else timezone(-offset if sign == "-" else offset)
+        if len(_TZ_CACHE) < 256:
+            _TZ_CACHE[key] = tz
+    return datetime(int(year), month, int(day), int(hh), int(mm), int(ss), tzinfo=tz)
+
+
+def _date(value: str | None) -> datetime | None:
+    """The Date header as an aware datetime (naive -> UTC); None when absent or unparseable."""
+    if not value:
+        return None
+    try:
+        m = _FAST_DATE.fullmatch(value)
+        if m is not None:
+            return _fast_date(m)
+        parsed = email.utils.parsedate_to_datetime(value)
+    except Exception:  # ValueError, TypeError, IndexError, OverflowError ...
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def _std_addresses(value: str | None) -> list[Address]:
+    """`email.utils.getaddresses` on a raw (undecoded) header value; names RFC 2047-decoded."""
+    if not value:
+        return []
+    try:
+        pairs = email.utils.getaddresses([value])
+    except Exception:
+        return []
+    out = []
+    for name, addr in pairs:
+        addr = addr.strip()
+        if addr:
+            out.append(Address(email=addr, name=_decode_words(name).strip() or None))
+    return out
+
+
+def _read_headers(raw: bytes) -> dict[str, str]:
+    """The wanted headers of `raw`, read by hand: lower-cased name -> first value, unfolded and
+    decoded from bytes (UTF-8, else Windows-1252) but not RFC 2047-decoded. Never raises for bytes."""
+    m = _HEADER_END.search(raw, 0, _HEADER_BLOCK_MAX)
+    block = raw[: m.start()] if m else raw[:_HEADER_BLOCK_MAX]
+    out: dict[str, str] = {}
+    name: str | None = None
+    parts: list[str] = []
+
+    def flush() -> None:
+        if name is not None and name in _WANTED and name not in out:
+            out[name] = " ".join(p for p in parts if p)
+
+    for line in _decode_bytes(block, None).split("\n"):
+        line = line.rstrip("\r")
+        if line[:1] in (" ", "\t"):
+            if name is not None:
+                parts.append(line.strip())
+            continue
+        flush()
+        key, sep, value = line.partition(":")
+        key = key.strip().lower()
+        if not sep or not key or " " in key:
+            name = None
+            continue
+        name, parts = key, [value.strip()]
+    flush()
+    return out
+
+
+def _fields_from_raw_headers(hdrs: dict[str, str]) -> dict[str, object]:
+    """The header-derived ParsedMessage fields, from `_read_headers` output."""
+    subject = hdrs.get("subject")
+    return {
+        "message_id": normalize_message_id(hdrs.get("message-id")),
+        "subject": _decode_words(subject) if subject is not None else None,
+        "date": _date(hdrs.get("date")),
+        "from_": _std_addresses(hdrs.get("from")),
+        "to": _std_addresses(hdrs.get("to")),
+        "cc": _std_addresses(hdrs.get("cc")),
+        "bcc": _std_addresses(hdrs.get("bcc")),
+        "reply_to": _std_addresses(hdrs.get("reply-to")),
+        "in_reply_to": _first_reference(hdrs.get("in-reply-to")),
+        "references": _references(hdrs.get("references")),
+        "headers": {k: _decode_words(v) for k, v in hdrs.items() if k in _KEPT},
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Tier 1: fast-mail-parser
+
+
+class _Retry(Exception):
+    """fast-mail-parser's result is known to be lossy: parse with the stdlib instead."""
+
+
+_ADDRESS_JUNK = frozenset(" \t\r\n,;")
+
+
+_ADDRESS_HEADERS = ("from", "to", "cc", "bcc", "reply-to")
+_ADDRESS_ATTRS = {"to": "to", "cc": "cc", "bcc": "bcc", "reply-to": "reply_to"}
+# Address is frozen, so equal ones can be shared; a mailbox repeats the same few hundred senders.
+_ADDRESS_CACHE: dict[tuple[str, str | None], Address] = {}
+_ADDRESS_CACHE_MAX = 20_000
+
+
+def _address(addr: str, name: str | None) -> Address:
+    key = (addr, name)
+    cached = _ADDRESS_CACHE.get(key)
+    if cached is None:
+        if len(_ADDRESS_CACHE) >= _ADDRESS_CACHE_MAX:
+            _ADDRESS_CACHE.clear()
+        cached = _ADDRESS_CACHE[key] = Address(email=addr, name=name)
+    return cached
+
+
+def _fmp_addresses(items: Iterable[fmp.PyAddress]) -> list[Address]:
+    out = []
+    for a in items:
+        addr = a.address
+        if addr[:1] in _ADDRESS_JUNK or addr[-1:] in _ADDRESS_JUNK:
+            addr = addr.strip(" \t\r\n,;")
+        if addr:
+            name = a.display_name
+            if name is not None:
+                name = (_decode_words(name) if "=?" in name else name).strip() or None
+            out.append(_address(addr, name))
+    return out
+
+
+def _attachment(a: fmp.PyLazyAttachment) -> tuple[Attachment, str | None]:
+    note = None
+    try:
+        size = len(a.content)
+    except Exception:  # DecodeError: the part's transfer encoding is broken
+        size = a.encoded_size
+        note = f"attachment {a.filename or a.mimetype!r} could not be decoded; size is its encoded size"
+    disposition = (a.disposition or "").lower()
+    cid = a.content_id.strip() or None if a.content_id else None
+    return (
+        Attachment(
+            filename=a.filename or None,
+            content_type=a.mimetype.lower(),
+            size=size,
+            content_id=cid,
+            inline=disposition == "inline" or (not disposition and cid is not None),
+        ),
+        note,
+    )
+
+
+_PART_HEADER = re.compile(rb"[!-9;-~]+:")
+
+
+def _has_loose_text(raw: bytes) -> bool:
+    """Whether the body has a line that is neither blank, a boundary nor a part header: text that a
+    multipart parse should have found somewhere."""
+    m = _HEADER_END.search(raw)
+    if m is None:
+        return False
+    for line in raw[m.end() : m.end() + 65536].splitlines():
+        line = line.strip()
+        if line and not line.startswith(b"--") and not _PART_HEADER.match(line):
+            return True
+    return False
+
+
+def _from_fmp(mail: fmp.PyLazyMail | fmp.PyMailMetadata, raw: bytes, headers_only: bool) -> ParsedMessage:
+    if isinstance(mail, fmp.PyLazyMail):
+        for w in mail.warnings:
+            if w.kind == "charset-fallback":
+                raise _Retry("fast-mail-parser did not know a charset")
+
+    sel: dict[str, str] = {}
+    for key, values in mail.headers.items():
+        lk = key.lower()
+        if lk in _WANTED and lk not in sel and values:
+            sel[lk] = values[0]
+
+    # Addresses: fast-mail-parser's, unless it visibly lost some (see module docstring).
+    raw_headers: dict[str, str] | None = None
+    lists: list[list[Address]] = []
+    for hname in _ADDRESS_HEADERS:
+        value = sel.get(hname)
+        if not value:
+            lists.append([])
+            continue
+        if hname == "from":
+            from_ = mail.from_
+            addrs = _fmp_addresses([from_]) if from_ is not None else []
+        else:
+            addrs = _fmp_addresses(getattr(mail, _ADDRESS_ATTRS[hname]))
+        if (
+            not addrs
+            or value.count("@") > len(addrs)
+            or (
+                ("(" in value or ("<" in value and value.split("<", 1)[0].strip()))
+                and any(a.name is None for a in addrs)
+            )
+        ):
+            if raw_headers is None:
+                raw_headers = _read_headers(raw)
+            std = _std_addresses(raw_headers.get(hname))
+            if len(std) >= len(addrs):
+                addrs = std
+        lists.append(addrs)
+
+    subject = sel.get("subject")
+    if subject is not None and "=?" in subject:
+        subject = _decode_words(subject)
+    note = None
+    text = html = None
+    snippet = ""
+    attachments: list[Attachment] = []
+    if isinstance(mail, fmp.PyLazyMail) and not headers_only:
+        plain_parts = mail.text_plain
+        html_parts = mail.text_html
+        fmp_atts = mail.attachments
+        if len(plain_parts) > 1:
+            plain_parts = [p for p in plain_parts if p] or plain_parts[:1]
+        if len(html_parts) > 1:
+            html_parts = [p for p in html_parts if p] or html_parts[:1]
+        if (
+            not fmp_atts
+            and not any(p.strip() for p in plain_parts)
+            and not any(p.strip() for p in html_parts)
+            and sel.get("content-type", "").lstrip()[:10].lower() == "multipart/"
+            and _has_loose_text(raw)
+        ):
+            # The boundary never appears, is an RFC 2231 parameter, or parts lost their body.
+            raise _Retry("fast-mail-parser found no text in a multipart body")
+        if plain_parts:
+            text = "\n".join([_fix_mojibake(p) for p in plain_parts])
+        if html_parts:
+            html = "\n".join([_fix_mojibake(p) for p in html_parts])
+            if not text:
+                text = html_to_text(html)
+        if text:
+            snippet = _snippet(text)
+        for a in fmp_atts:
+            if "/" not in a.mimetype:
+                # e.g. "Content-Type: text": RFC 2045 says text/plain, fast-mail-parser an attachment
+                raise _Retry(f"fast-mail-parser kept an invalid content type {a.mimetype!r}")
+            att, att_note = _attachment(a)
+            attachments.append(att)
+            note = note or att_note
+
+    headers = {k: v for k, v in sel.items() if k in _KEPT}
+    return ParsedMessage(
+        message_id=normalize_message_id(sel.get("message-id")),
+        subject=subject,
+        date=_date(sel.get("date")),
+        from_=lists[0],
+        to=lists[1],
+        cc=lists[2],
+        bcc=lists[3],
+        reply_to=lists[4],
+        in_reply_to=_first_reference(sel.get("in-reply-to")),
+        references=_references(sel.get("references")),
+        text=text,
+        html=html,
+        snippet=snippet,
+        attachments=attachments,
+        headers=headers,
+        headers_only=headers_only,
+        parse_note=note,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Tier 2: the stdlib; tier 3: headers read by hand
+
+
+def _part_filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:
+        return None
+    return _decode_words(name).strip() or None if name else None
+
+
+def _part_charset(part: Message) -> str | None:
+    try:
+        return part.get_content_charset()
+    except Exception:
+        return None
+
+
+def _stdlib_body(msg: Message) -> tuple[list[str], list[str], list[Attachment], str | None]:
+    texts: list[str] = []
+    htmls: list[str] = []
+    attachments: list[Attachment] = []
+    note = None
+    stack: list[Message] = [msg]
+    while stack:
+        part = stack.pop()
+        ctype = part.get_content_type()
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            if not ctype.startswith("multipart/"):  # message/rfc822, delivery-status ...
+                size = 0
+                inner = payload[0] if payload else None
+                if isinstance(inner, Message):
+                    try:
+                        size = len(inner.as_bytes(policy=_CRLF))
+                    except Exception:
+                        size = 0
+                attachments.append(Attachment(filename=_part_filename(part), content_type=ctype, size=size))
+            else:
+                stack.extend(reversed([p for p in payload if isinstance(p, Message)]))
+            continue
+        data = part.get_payload(decode=True)
+        if not isinstance(data, bytes):
+            data = b""
+        try:
+            disposition = part.get_content_disposition()
+        except Exception:
+            disposition = None
+        if ctype.startswith("multipart/"):
+            # The boundary never appears: keep what there is as text.
+            texts.append(_decode_bytes(data, _part_charset(part)))
+            note = "the multipart boundary never appears; its body is kept as text"
+        elif ctype in ("text/plain", "text/html") and disposition != "attachment":
+            decoded = _decode_bytes(data, _part_charset(part))
+            (texts if ctype == "text/plain" else htmls).append(decoded)
+        else:
+            cid_raw = part.get("Content-ID")
+            cid = str(cid_raw).strip().strip("<>").strip() or None if cid_raw else None
+            attachments.append(
+                Attachment(
+                    filename=_part_filename(part),
+                    content_type=ctype,
+                    size=len(data),
+                    content_id=cid,
+                    inline=disposition == "inline" or (disposition is None and cid is not None),
+                )
+            )
+    return texts, htmls, attachments, note
+
+
+def _from_stdlib(raw: bytes, headers_only: bool, reason: str) -> ParsedMessage:
+    fields = _fields_from_raw_headers(_read_headers(raw))
+    text = html = None
+    snippet = ""
+    attachments: list[Attachment] = []
+    note = f"{reason}; parsed with the stdlib"
+    if not headers_only:
+        msg = _stdlib_parser.parsebytes(raw)
+        texts, htmls, attachments, body_note = _stdlib_body(msg)
+        if body_note:
+            note = f"{note}; {body_note}"
+        if texts:
+            text = "\n".join([t for t in texts if t] or texts[:1])
+        if htmls:
+            html = "\n".join([h for h in htmls if h] or htmls[:1])
+            if not text:
+                text = html_to_text(html)
+        if text:
+            snippet = _snippet(text)
+    return ParsedMessage(
+        text=text,
+        html=html,
+        snippet=snippet,
+        attachments=attachments,
+        headers_only=headers_only,
+        parse_note=note,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _raw_fallback(raw: object, headers_only: bool, reason: str) -> ParsedMessage:
+    note = f"{reason}; only the header lines were read"
+    fields: dict[str, object] = {
+        "message_id": None, "subject": None, "date": None, "from_": [], "to": [], "cc": [],
+        "bcc": [], "reply_to": [], "in_reply_to": None, "references": [], "headers": {},
+    }  # fmt: skip
+    if isinstance(raw, bytes):
+        try:
+            fields = _fields_from_raw_headers(_read_headers(raw))
+        except Exception as exc:
+            note = f"{reason}; the headers could not be read either ({type(exc).__name__})"
+    return ParsedMessage(
+        text=None,
+        html=None,
+        snippet="",
+        attachments=[],
+        headers_only=headers_only,
+        parse_note=note,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _fallback(raw: bytes, headers_only: bool, reason: str) -> ParsedMessage:
+    if headers_only or len(raw) <= _STDLIB_MAX_BYTES:
+        try:
+            return _from_stdlib(raw, headers_only, reason)
+        except Exception as exc:
+            reason = f"{reason}; the stdlib failed too ({type(exc).__name__}: {exc})"
+    else:
+        reason = f"{reason}; too large for the stdlib fallback"
+    return _raw_fallback(raw, headers_only, reason)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _as_bytes(raw: object) -> bytes | None:
+    if type(raw) is bytes:
+        return raw
+    if isinstance(raw, bytes | bytearray | memoryview):
+        return bytes(raw)
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "surrogateescape")
+    return None
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    return isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit | MemoryError)
+
+
+def _fmp_batch(
+    payloads: list[str | bytes], headers_only: bool
+) -> Sequence[fmp.PyLazyMail | fmp.PyMailMetadata | BaseException]:
+    """fast_mail_parser.parse_many, or one parse_email per message if the batch call itself fails.
+    (A Rust panic surfaces as pyo3's PanicException, which derives from BaseException.)"""
+    batch: Sequence[fmp.PyLazyMail | fmp.PyMailMetadata | BaseException] = []
+    try:
+        if headers_only:
+            batch = fmp.parse_many(payloads, mode="metadata")
+        else:
+            batch = fmp.parse_many(payloads, mode="lazy")
+    except BaseException as exc:
+        if _is_fatal(exc):
+            raise
+    if len(batch) == len(payloads):
+        return batch
+    results: list[fmp.PyLazyMail | fmp.PyMailMetadata | BaseException] = []
+    for payload in payloads:
+        try:
+            if headers_only:
+                results.append(fmp.parse_email(payload, mode="metadata"))
+            else:
+                results.append(fmp.parse_email(payload, mode="lazy"))
+        except BaseException as exc:
+            if _is_fatal(exc):
+                raise
+            results.append(exc)
+    return results
+
+
+def _convert(
+    result: fmp.PyLazyMail | fmp.PyMailMetadata | BaseException, raw: bytes, headers_only: bool
+) -> ParsedMessage:
+    if isinstance(result, BaseException):
+        return _fallback(raw, headers_only, f"fast-mail-parser: {type(result).__name__}: {result}")
+    try:
+        return _from_fmp(result, raw, headers_only)
+    except _Retry as exc:
+        return _fallback(raw, headers_only, str(exc))
+    except Exception as exc:
+        return _fallback(raw, headers_only, f"reading fast-mail-parser's result failed: {exc!r}")
+
+
+def parse_many(raws: Sequence[bytes], *, headers_only: bool = False) -> list[ParsedMessage]:
+    """Parse a batch of raw messages (or header blocks, with `headers_only`). Never raises for bad
+    input; returns exactly one `ParsedMessage` per input, in order.
+
+    Allocation-heavy: a caller parsing many batches in a row should pause the cyclic garbage
+    collector around them, as the sync engine does (it is about a third of the Python-side time).
+    """
+    return _parse_many(raws, headers_only)
+
+
+def _parse_many(raws: Sequence[bytes], headers_only: bool) -> list[ParsedMessage]:
+    out: list[ParsedMessage | None] = [None] * len(raws)
+    chunk: list[tuple[int, bytes]] = []
+    chunk_bytes = 0
+    for i, item in enumerate(raws):
+        raw = _as_bytes(item)
+        if raw is None:
+            out[i] = _raw_fallback(None, headers_only, f"input is {type(item).__name__}, not bytes")
+        elif len(raw) > _FMP_MAX_BYTES:
+            out[i] = _fallback(raw, headers_only, "larger than fast-mail-parser accepts")
+        else:
+            chunk.append((i, raw))
+            chunk_bytes += len(raw)
+            if chunk_bytes >= _CHUNK_BYTES:
+                _run_chunk(chunk, headers_only, out)
+                chunk, chunk_bytes = [], 0
+    if chunk:
+        _run_chunk(chunk, headers_only, out)
+    return [p if p is not None else _raw_fallback(None, headers_only, "not parsed") for p in out]
+
+
+def _run_chunk(chunk: list[tuple[int, bytes]], headers_only: bool, out: list[ParsedMessage | None]) -> None:
+    payloads: list[str | bytes] = [raw for _, raw in chunk]
+    for (i, raw), result in zip(chunk, _fmp_batch(payloads, headers_only), strict=True):
+        out[i] = _convert(result, raw, headers_only)

@@ -1,0 +1,118 @@
+"""Helpers shared by the sync tests: read the truth from the server (plain imaplib, nothing of
+ours) and our copy from the database, in the same shape, so tests compare the two."""
+
+from __future__ import annotations
+
+import imaplib
+import re
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from inboxlink.store.db import Database
+from inboxlink.store.schema import folders, messages, placements
+from inboxlink.testing.dovecot import MailUser
+
+State = dict[str, dict[str, frozenset[str]]]  # folder -> {Message-ID: flags}
+
+_MID = re.compile(rb"^message-id:\s*<?([^>\r\n]*)>?", re.I | re.M)
+
+
+def make_message(
+    n: int,
+    *,
+    subject: str | None = None,
+    sender: str = "carol@customer.example",
+    to: str = "me@example.com",
+    body: str | None = None,
+    msgid: str | None = None,
+    in_reply_to: str | None = None,
+) -> bytes:
+    m = EmailMessage()
+    m["From"] = sender
+    m["To"] = to
+    m["Subject"] = subject or f"Message number {n}"
+    m["Date"] = format_datetime(datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=n))
+    m["Message-ID"] = msgid or make_msgid(f"t{n}", domain="customer.example")
+    if in_reply_to:
+        m["In-Reply-To"] = in_reply_to
+        m["References"] = in_reply_to
+    m.set_content(body or f"Hello, this is message {n}.\n")
+    return bytes(m)
+
+
+def server_state(user: MailUser) -> State:
+    """What the server holds, per folder: Message-ID -> flags (without \\Recent)."""
+    imap = imaplib.IMAP4(user.host, user.port)
+    try:
+        imap.login(user.email, user.password)
+        typ, listing = imap.list()
+        state: State = {}
+        for line in listing:
+            assert isinstance(line, bytes)
+            if b"\\Noselect" in line:
+                continue
+            name = (
+                line.rsplit(b' "', 1)[-1].rstrip(b'"').decode()
+                if line.endswith(b'"')
+                else line.rsplit(b" ", 1)[-1].decode()
+            )
+            imap.select(f'"{name}"', readonly=True)
+            typ, data = imap.uid("FETCH", "1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+            folder: dict[str, frozenset[str]] = {}
+            for item in data:
+                if not isinstance(item, tuple):
+                    continue
+                meta, header = item
+                m = _MID.search(header)
+                flags = re.search(rb"FLAGS \(([^)]*)\)", meta)
+                mid = m.group(1).strip().decode() if m else "?"
+                folder[mid] = frozenset(
+                    f for f in (flags.group(1).decode().split() if flags else []) if f != "\\Recent"
+                )
+            state[name] = folder
+        return state
+    finally:
+        imap.logout()
+
+
+def local_state(db: Database, account_id: str) -> State:
+    """Our copy, in the same shape (only folders that exist on the server)."""
+    state: State = {}
+    with db.engine.connect() as conn:
+        for f in conn.execute(
+            select(folders.c.id, folders.c.key).where(
+                folders.c.account_id == account_id, folders.c.gone.is_(False)
+            )
+        ):
+            state[f.key] = {}
+        rows = conn.execute(
+            select(folders.c.key, messages.c.message_id, placements.c.flags)
+            .join(placements, placements.c.folder_id == folders.c.id)
+            .join(messages, messages.c.id == placements.c.message_id)
+            .where(folders.c.account_id == account_id)
+        )
+        for r in rows:
+            state[r.key][r.message_id or "?"] = frozenset(r.flags.split())
+    return state
+
+
+def message_rows(db: Database, account_id: str) -> list[str]:
+    """Message-IDs of the live message rows (duplicates would show twice)."""
+    with db.engine.connect() as conn:
+        return sorted(
+            r[0] or "?"
+            for r in conn.execute(
+                select(messages.c.message_id).where(
+                    messages.c.account_id == account_id, messages.c.deleted_at.is_(None)
+                )
+            )
+        )
+
+
+def imap_session(user: MailUser) -> imaplib.IMAP4:
+    imap = imaplib.IMAP4(user.host, user.port)
+    imap.login(user.email, user.password)
+    return imap

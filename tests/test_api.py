@@ -1,0 +1,91 @@
+"""The REST API over HTTP (FastAPI's test client): pair, list, show, sync, transitions, unpair,
+errors as structured JSON, the optional bearer token, and the OpenAPI document."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from inboxlink.api.app import create_app
+from inboxlink.config import Settings
+from inboxlink.testing.dovecot import Dovecot, MailUser
+from tests.support import make_message
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home", allow_private_hosts=True)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def body_for(user: MailUser, **kw: object) -> dict[str, object]:
+    return {"email": user.email, "username": user.email, "password": user.password, "imap_host": user.host,
+            "imap_port": user.port, "security": "none", **kw}
+
+
+def test_account_lifecycle(client: TestClient, dovecot: Dovecot, mail_user: MailUser) -> None:
+    dovecot.write_messages(mail_user.email, "INBOX", [make_message(i) for i in range(4)])
+    created = client.post("/api/v1/accounts", json=body_for(mail_user))
+    assert created.status_code == 201, created.text
+    account = created.json()
+    assert account["status"] == "pending" and "password" not in created.text
+    assert mail_user.password not in created.text
+    synced = client.post(f"/api/v1/accounts/{account['id']}/sync").json()
+    assert synced["status"] == "connected" and synced["messages"] == 4
+    shown = client.get(f"/api/v1/accounts/{account['id']}").json()
+    assert shown["status_reason"] == "Connected" and shown["message_count"] == 4
+    assert [a["id"] for a in client.get("/api/v1/accounts").json()] == [account["id"]]
+    folders = client.get(f"/api/v1/accounts/{account['id']}/folders").json()
+    assert {"INBOX", "Sent"} <= {f["key"] for f in folders}
+    dovecot.set_password(mail_user.email, "changed-password")
+    assert client.post(f"/api/v1/accounts/{account['id']}/sync").json()["status"] == "auth_error"
+    repaired = client.post(f"/api/v1/accounts/{account['id']}/repair", json={"password": "changed-password"})
+    assert repaired.status_code == 200 and repaired.json()["status"] == "pending"
+    assert client.post(f"/api/v1/accounts/{account['id']}/sync").json()["fetched"] == 0
+    history = client.get(f"/api/v1/accounts/{account['id']}/transitions").json()
+    assert [h["to_status"] for h in history] == [
+        "pending", "syncing", "connected", "syncing", "auth_error", "pending", "syncing", "connected"]
+    gone = client.delete(f"/api/v1/accounts/{account['id']}").json()
+    assert gone["status"] == "disconnected" and gone["message_count"] == 4
+    assert client.post(f"/api/v1/accounts/{account['id']}/sync").json()["status"] == "disconnected"
+
+
+def test_errors_are_structured(client: TestClient, mail_user: MailUser) -> None:
+    wrong = client.post("/api/v1/accounts", json=body_for(mail_user, password="nope"))
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["code"] == "auth_error" and "nope" not in wrong.text
+    down = client.post("/api/v1/accounts", json=body_for(mail_user, imap_port=1))
+    assert down.status_code == 503 and down.json()["error"]["code"] == "connect_error"
+    missing = client.get("/api/v1/accounts/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    invalid = client.post("/api/v1/accounts", json=body_for(mail_user, imap_port=0))
+    assert invalid.status_code == 422
+
+
+def test_refused_host(tmp_path: Path, mail_user: MailUser) -> None:
+    with TestClient(create_app(Settings(home=tmp_path / "h", allow_private_hosts=False))) as c:
+        r = c.post("/api/v1/accounts", json=body_for(mail_user))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "host_refused"
+
+
+def test_api_token(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "h", api_token="s3cret-token")
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/api/v1/accounts").status_code == 401
+        assert c.get("/api/v1/accounts", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/api/v1/accounts", headers={"Authorization": "Bearer s3cret-token"}).json() == []
+
+
+def test_openapi_documents_the_routes(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert {"/api/v1/accounts", "/api/v1/accounts/{account_id}", "/api/v1/accounts/{account_id}/sync",
+            "/api/v1/accounts/{account_id}/transitions"} <= set(spec["paths"])
+    assert client.get("/docs").status_code == 200

@@ -1,0 +1,224 @@
+"""The IMAP sync against a real Dovecot: full sync equals the server; incremental add, flag
+change, expunge, move; UIDVALIDITY change; password change and re-pairing; headers-only mode.
+Each runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inboxlink.config import Settings
+from inboxlink.domain import AccountStatus
+from inboxlink.errors import AuthError, HostRefused, TransientError, WrongAccount
+from inboxlink.providers.imap.provider import ImapConfig
+from inboxlink.runtime import Runtime
+from inboxlink.testing.dovecot import Dovecot, MailUser
+from inboxlink.testing.mailgen import generate
+from tests.support import imap_session, local_state, make_message, message_rows, server_state
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def rt(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runtime]:
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    runtime = Runtime.open(Settings(home=tmp_path / "home", database_url=url, allow_private_hosts=True,
+                                    backoff_attempts_before_error=2))
+    yield runtime
+    runtime.close()
+
+
+def config_for(user: MailUser, **kw: object) -> ImapConfig:
+    base: dict[str, object] = dict(email=user.email, imap_host=user.host, imap_port=user.port,
+                                   username=user.email, security="none")
+    base.update(kw)
+    return ImapConfig(**base)  # type: ignore[arg-type]
+
+
+def pair(rt: Runtime, user: MailUser, password: str | None = None) -> str:
+    return rt.accounts.pair_imap(config_for(user), password or user.password).id
+
+
+def fill(dovecot: Dovecot, user: MailUser) -> None:
+    raws = list(generate(120, seed=7))
+    dovecot.write_messages(user.email, "INBOX", raws[:70], flags="S")
+    dovecot.create_folder(user.email, "Archive")
+    dovecot.write_messages(user.email, "Archive", raws[70:100])
+    dovecot.write_messages(user.email, "Sent", [(r, "RS") for r in raws[100:120]])
+
+
+def assert_in_sync(rt: Runtime, account_id: str, user: MailUser) -> None:
+    server = server_state(user)
+    ours = local_state(rt.db, account_id)
+    assert ours == server
+    # one row per distinct message: no duplicates
+    distinct = {mid for folder in server.values() for mid in folder}
+    rows = message_rows(rt.db, account_id)
+    assert len(rows) == len(set(rows)) == len(distinct)
+
+
+def test_full_sync_equals_server_and_second_sync_adds_nothing(rt: Runtime, dovecot: Dovecot, mail_user: MailUser) -> None:
+    fill(dovecot, mail_user)
+    account = pair(rt, mail_user)
+    report = rt.engine.sync(account)
+    assert report.status == "connected", report.reason
+    assert report.reason == "Connected"
+    assert report.messages == 120 and report.fetched == 120
+    assert_in_sync(rt, account, mail_user)
+    again = rt.engine.sync(account)
+    assert (again.fetched, again.messages) == (0, 120)
+    view = rt.accounts.get(account)
+    assert view.capabilities and view.capabilities["qresync"] and view.capabilities["idle"]
+    roles = {f["key"]: f["role"] for f in rt.accounts.folders(account)}
+    assert roles["INBOX"] == "inbox" and roles["Sent"] == "sent" and roles["Archive"] == "archive"
+
+
+@pytest.mark.parametrize("caps", ["qresync", "condstore-only", "plain"])
+def test_incremental_add_flag_expunge_move(rt: Runtime, dovecot: Dovecot, mail_user: MailUser, caps: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same changes are found whichever extensions the server offers: QRESYNC, CONDSTORE only,
+    or neither (a UID/flags diff)."""
+    from inboxlink.providers.imap import provider as imap_provider
+
+    if caps != "qresync":
+        hidden = {"QRESYNC"} if caps == "condstore-only" else {"QRESYNC", "CONDSTORE"}
+        real_connect = imap_provider.ImapProvider._connect
+
+        def connect_hiding(self: imap_provider.ImapProvider) -> object:
+            client = real_connect(self)
+            self._caps = self._caps - hidden
+            return client
+
+        monkeypatch.setattr(imap_provider.ImapProvider, "_connect", connect_hiding)
+    fill(dovecot, mail_user)
+    account = pair(rt, mail_user)
+    rt.engine.sync(account)
+
+    dovecot.deliver_lmtp(mail_user.email, make_message(1000, subject="New lead"))
+    imap = imap_session(mail_user)
+    try:
+        imap.select("INBOX")
+        imap.uid("STORE", "1:3", "+FLAGS", "(\\Flagged)")
+        imap.uid("STORE", "4", "-FLAGS", "(\\Seen)")
+        imap.uid("STORE", "5:6", "+FLAGS", "(\\Deleted)")
+        imap.expunge()
+        imap.uid("MOVE", "7:9", "Archive")
+    finally:
+        imap.logout()
+    report = rt.engine.sync(account)
+    assert report.status == "connected"
+    assert report.fetched == 1, "only the new message is downloaded; moved ones are re-attached"
+    assert_in_sync(rt, account, mail_user)
+    assert report.messages == 120 + 1 - 2
+
+
+def test_uidvalidity_change_makes_no_duplicate_and_downloads_nothing(rt: Runtime, dovecot: Dovecot,
+                                                                     mail_user: MailUser) -> None:
+    fill(dovecot, mail_user)
+    account = pair(rt, mail_user)
+    rt.engine.sync(account)
+    dovecot.change_uidvalidity(mail_user.email, "INBOX")
+    dovecot.change_uidvalidity(mail_user.email, "Archive")
+    report = rt.engine.sync(account)
+    assert report.status == "connected"
+    assert report.fetched == 0
+    assert_in_sync(rt, account, mail_user)
+
+
+def test_password_change_then_repair_resumes_without_downloading(rt: Runtime, dovecot: Dovecot,
+                                                                 mail_user: MailUser) -> None:
+    fill(dovecot, mail_user)
+    account = pair(rt, mail_user)
+    rt.engine.sync(account)
+    dovecot.set_password(mail_user.email, "new-secret-42")
+    report = rt.engine.sync(account)
+    assert report.status == AccountStatus.AUTH_ERROR
+    assert report.reason and "rejected the username or password" in report.reason
+    assert "new-secret-42" not in report.reason and mail_user.password not in report.reason
+    assert report.messages == 120, "all data kept"
+    # auth_error is final until the user pairs again: the scheduler's runs do nothing
+    assert rt.engine.sync(account).status == AccountStatus.AUTH_ERROR
+    with pytest.raises(AuthError):
+        pair(rt, mail_user, password=mail_user.password)
+    dovecot.deliver_lmtp(mail_user.email, make_message(2000))
+    same = rt.accounts.pair_imap(config_for(mail_user), "new-secret-42")
+    assert same.id == account and same.status == "pending"
+    report = rt.engine.sync(account)
+    assert report.status == "connected"
+    assert report.fetched == 1, "only the message that arrived meanwhile"
+    statuses = [t.to_status for t in rt.accounts.transitions(account)]
+    assert statuses[:3] == ["pending", "syncing", "connected"]
+    assert "auth_error" in statuses and statuses[-1] == "connected"
+    reasons = {t.to_status: t.reason for t in rt.accounts.transitions(account)}
+    assert reasons["pending"] == "re-paired"
+
+
+def test_repair_with_another_mailbox_is_refused(rt: Runtime, dovecot: Dovecot, mail_user: MailUser) -> None:
+    account = pair(rt, mail_user)
+    other = dovecot.add_user(f"other-{mail_user.email}", "pw-other")
+    with pytest.raises(WrongAccount):
+        rt.accounts.pair_imap(config_for(other), other.password, account_id=account)
+
+
+def test_pairing_errors_are_clear_and_store_nothing(rt: Runtime, mail_user: MailUser) -> None:
+    with pytest.raises(AuthError, match="rejected the username or password"):
+        pair(rt, mail_user, password="wrong")
+    with pytest.raises(TransientError, match="cannot connect to IMAP server 127.0.0.1:1"):
+        rt.accounts.pair_imap(config_for(mail_user, imap_port=1), mail_user.password)
+    strict = Runtime.open(rt.settings.model_copy(update={"allow_private_hosts": False}))
+    try:
+        with pytest.raises(HostRefused):
+            strict.accounts.pair_imap(config_for(mail_user), mail_user.password)
+    finally:
+        strict.close()
+    assert rt.accounts.all() == []
+
+
+def test_unreachable_server_backs_off_then_connect_error(rt: Runtime, dovecot: Dovecot, mail_user: MailUser) -> None:
+    account = pair(rt, mail_user)
+    rt.engine.sync(account)
+    from sqlalchemy import update
+
+    from inboxlink.store.schema import accounts
+
+    with rt.db.engine.begin() as conn:
+        row = conn.execute(accounts.select().where(accounts.c.id == account)).one()
+        conn.execute(update(accounts).where(accounts.c.id == account)
+                     .values(config={**row.config, "imap_port": 1}))
+    slept: list[float] = []
+    report = rt.engine.sync(account, attempts=3, sleep=slept.append)
+    assert report.status == AccountStatus.CONNECT_ERROR
+    assert report.reason and "127.0.0.1:1" in report.reason
+    assert len(slept) == 2 and slept[1] > 0
+    view = rt.accounts.get(account)
+    assert view.last_error and view.message_count == 0
+    # connect_error is retried: once the server is back, the account comes back by itself
+    with rt.db.engine.begin() as conn:
+        conn.execute(update(accounts).where(accounts.c.id == account)
+                     .values(config={**row.config}))
+    assert rt.engine.sync(account).status == "connected"
+
+
+def test_headers_only_then_full(rt: Runtime, dovecot: Dovecot, mail_user: MailUser) -> None:
+    fill(dovecot, mail_user)
+    account = pair(rt, mail_user)
+    report = rt.engine.sync(account, headers_only=True)
+    assert report.status == "connected" and report.messages == 120
+    assert_in_sync(rt, account, mail_user)
+    from sqlalchemy import select
+
+    from inboxlink.store.schema import messages
+
+    with rt.db.engine.connect() as conn:
+        rows = conn.execute(select(messages.c.headers_only, messages.c.text_body, messages.c.subject)).all()
+    assert all(r.headers_only and r.text_body is None for r in rows)
+    assert sum(1 for r in rows if r.subject) >= 100
+    # a full-mode sync downloads the bodies of header-only messages, and nothing else
+    full = rt.engine.sync(account)
+    assert full.fetched == 120 and full.messages == 120
+    assert rt.engine.sync(account).fetched == 0
+    with rt.db.engine.connect() as conn:
+        rows = conn.execute(select(messages.c.headers_only)).all()
+    assert not any(r.headers_only for r in rows)
+    assert_in_sync(rt, account, mail_user)
+

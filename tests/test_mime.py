@@ -1,0 +1,688 @@
+"""inboxlink.mime: parse_many (fast-mail-parser, stdlib and raw fallbacks), sanitize_html, fold_quotes."""
+
+from __future__ import annotations
+
+import base64
+import email
+import gc
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from inboxlink.domain import Address, Attachment, ParsedMessage
+from inboxlink.mime import parse as parse_mod
+from inboxlink.mime.parse import html_to_text, normalize_message_id, parse_many
+from inboxlink.mime.quotes import fold_quotes
+from inboxlink.mime.sanitize import sanitize_html
+
+
+def msg(text: str) -> bytes:
+    """A message written with \\n line ends, sent with CRLF like on the wire."""
+    return text.lstrip("\n").replace("\n", "\r\n").encode("utf-8")
+
+
+def one(raw: bytes, *, headers_only: bool = False) -> ParsedMessage:
+    [parsed] = parse_many([raw], headers_only=headers_only)
+    return parsed
+
+
+ALTERNATIVE = msg("""
+Received: from mx.example.net by mx.example.com; Mon, 1 Jan 2024 10:00:00 +0000
+From: =?utf-8?q?J=C3=B6rg_M=C3=BCller?= <jorg@example.com>
+To: alice@example.org, "Smith, Ann" <ann@example.org>
+Cc: =?utf-8?q?Bob_=C3=85?= <bob@example.org>
+Subject: =?utf-8?b?UsOpdW5pb24gZGUgbHVuZGk=?=
+Date: Mon, 1 Jan 2024 10:00:00 +0200
+Message-Id: <abc.123@example.com>
+In-Reply-To: <parent@example.com>
+References: <root@example.com>
+ <parent@example.com>
+List-Id: <news.example.com>
+X-Mailer: something we do not keep
+MIME-Version: 1.0
+Content-Type: multipart/alternative; boundary="=_b1"
+
+--=_b1
+Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: quoted-printable
+
+Bonjour =C3=A0 tous,
+la r=C3=A9union est d=C3=A9plac=C3=A9e.
+--=_b1
+Content-Type: text/html; charset=utf-8
+
+<html><body><p>Bonjour &agrave; tous,</p><p>la r\u00e9union</p></body></html>
+--=_b1--
+""")
+
+
+def test_multipart_alternative_fields() -> None:
+    p = one(ALTERNATIVE)
+    assert p.parse_note is None
+    assert p.message_id == "abc.123@example.com"
+    assert p.subject == "Réunion de lundi"
+    assert p.date == datetime(2024, 1, 1, 8, 0, tzinfo=UTC)
+    assert p.date is not None and p.date.utcoffset() == timedelta(hours=2)
+    assert p.from_ == [Address("jorg@example.com", "Jörg Müller")]
+    assert p.to == [Address("alice@example.org", None), Address("ann@example.org", "Smith, Ann")]
+    assert p.cc == [Address("bob@example.org", "Bob Å")]
+    assert p.bcc == [] and p.reply_to == []
+    assert p.in_reply_to == "parent@example.com"
+    assert p.references == ["root@example.com", "parent@example.com"]
+    assert p.text is not None and "la réunion est déplacée." in p.text
+    assert p.html is not None and p.html.startswith("<html><body><p>Bonjour &agrave; tous")
+    assert p.snippet == "Bonjour à tous, la réunion est déplacée."
+    assert p.attachments == []
+    assert p.headers_only is False
+    # A selection of headers, lower-cased names, first value.
+    assert set(p.headers) == {
+        "from", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references", "list-id",
+        "content-type",
+    }  # fmt: skip
+    assert p.headers["message-id"] == "<abc.123@example.com>"
+    assert p.headers["list-id"] == "<news.example.com>"
+    assert p.headers["subject"] == "Réunion de lundi"
+
+
+def test_headers_only_block() -> None:
+    block = ALTERNATIVE.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    p = one(block, headers_only=True)
+    assert p.headers_only is True
+    assert p.text is None and p.html is None and p.snippet == "" and p.attachments == []
+    assert p.message_id == "abc.123@example.com"
+    assert p.subject == "Réunion de lundi"
+    assert p.to[1] == Address("ann@example.org", "Smith, Ann")
+    assert p.references == ["root@example.com", "parent@example.com"]
+    assert p.parse_note is None
+
+
+def test_attachments_rfc2231_inline_and_message_rfc822() -> None:
+    pdf = base64.b64encode(b"%PDF-1.4 hello" * 10).decode()
+    raw = msg(f"""
+From: a@example.com
+Message-ID: <att@example.com>
+Content-Type: multipart/mixed; boundary="mix"
+
+--mix
+Content-Type: multipart/related; boundary="rel"
+
+--rel
+Content-Type: text/html; charset=utf-8
+
+<p>see <img src="cid:logo@x"></p>
+--rel
+Content-Type: image/png
+Content-ID: <logo@x>
+Content-Disposition: inline
+Content-Transfer-Encoding: base64
+
+iVBORw0KGgo=
+--rel--
+--mix
+Content-Type: application/pdf
+Content-Disposition: attachment; filename*=UTF-8''r%C3%A9sum%C3%A9%20final.pdf
+Content-Transfer-Encoding: base64
+
+{pdf}
+--mix
+Content-Type: application/octet-stream
+Content-Disposition: attachment; filename*0*=UTF-8''part%C3%A9; filename*1*=.bin
+Content-Transfer-Encoding: base64
+
+AAEC
+--mix
+Content-Type: message/rfc822
+
+From: inner@example.com
+Subject: inner
+
+inner body text
+--mix--
+""")
+    p = one(raw)
+    assert p.parse_note is None
+    assert p.html is not None and 'src="cid:logo@x"' in p.html
+    assert p.text == "see"
+    assert p.attachments[0] == Attachment(None, "image/png", 8, "logo@x", True)
+    assert p.attachments[1] == Attachment("résumé final.pdf", "application/pdf", 140, None, False)
+    assert p.attachments[2] == Attachment("parté.bin", "application/octet-stream", 3, None, False)
+    assert p.attachments[3].content_type == "message/rfc822"
+    assert p.attachments[3].size > len("inner body text")
+    assert len(p.attachments) == 4
+    # The forwarded message's text is an attachment, not this message's text.
+    assert "inner body" not in (p.text or "")
+
+
+@pytest.mark.parametrize(
+    ("charset", "cte", "text"),
+    [
+        ("iso-8859-1", "8bit", "Grüße, café"),
+        ("windows-1252", "8bit", "“smart quotes” cost 5 €"),
+        ("utf-8", "8bit", "naïve 東京 ✓"),
+        ("shift_jis", "8bit", "こんにちは、世界"),
+        ("iso-2022-jp", "7bit", "こんにちは"),
+        ("koi8-r", "8bit", "Привет"),
+        ("utf-8", "quoted-printable", "déjà vu"),
+        ("iso-8859-1", "base64", "garçon"),
+        ("utf-8", "base64", "Grüße 東京"),
+    ],
+)
+def test_body_charsets_and_transfer_encodings(charset: str, cte: str, text: str) -> None:
+    data = text.encode(charset)
+    if cte == "base64":
+        body = base64.encodebytes(data)
+    elif cte == "quoted-printable":
+        import quopri
+
+        body = quopri.encodestring(data)
+    else:
+        body = data
+    raw = (
+        f"From: a@example.com\r\nSubject: x\r\nContent-Type: text/plain; charset={charset}\r\n"
+        f"Content-Transfer-Encoding: {cte}\r\n\r\n"
+    ).encode() + body
+    p = one(raw)
+    assert p.text is not None and p.text.strip() == text
+    assert p.snippet == text
+    assert p.parse_note is None
+
+
+def test_undeclared_8bit_utf8_is_not_mojibake() -> None:
+    # fast-mail-parser decodes undeclared 8-bit text as Windows-1252; we undo that.
+    p = one(b"From: a@example.com\r\nSubject: x\r\n\r\ncaf\xc3\xa9 \xe2\x82\xac 10\r\n")
+    assert p.text == "café € 10\r\n"
+    latin = one(b"From: a@example.com\r\nSubject: x\r\n\r\ncaf\xe9\r\n")
+    assert latin.text == "café\r\n"
+
+
+def test_nested_multipart_joins_text_parts_in_order() -> None:
+    raw = msg("""
+From: a@example.com
+Content-Type: multipart/mixed; boundary=O
+
+--O
+Content-Type: multipart/alternative; boundary=I
+
+--I
+Content-Type: text/plain
+
+plain one
+--I
+Content-Type: text/html
+
+<b>html one</b>
+--I--
+--O
+Content-Type: text/plain
+
+second plain
+--O--
+""")
+    p = one(raw)
+    assert p.text == "plain one\nsecond plain"
+    assert p.html == "<b>html one</b>"
+    assert p.snippet == "plain one second plain"
+
+
+def test_html_only_gets_a_text_rendering() -> None:
+    raw = msg("""
+From: a@example.com
+Content-Type: text/html; charset=utf-8
+
+<html><head><title>T</title><style>p {color: red}</style></head><body>
+<!-- a comment --><p>Hello&nbsp;<b>there</b> &amp; welcome</p><script>var x = 1;</script>
+<table><tr><td>a</td><td>b</td></tr></table><div>last&#8230;</div></body></html>
+""")
+    p = one(raw)
+    assert p.html is not None and "<script>" in p.html  # the stored HTML is not sanitised
+    assert p.text == "Hello there & welcome\n\na b\n\nlast…"  # one blank line between blocks
+    assert p.snippet == "Hello there & welcome a b last…"
+
+
+def test_missing_and_empty_message_id_and_bad_dates() -> None:
+    p = one(b"From: a@example.com\r\nDate: not a date at all\r\n\r\nbody")
+    assert p.message_id is None and p.date is None and p.parse_note is None
+    assert one(b"Message-ID:   \r\n\r\nx").message_id is None
+    assert one(b"Message-ID: <>\r\n\r\nx").message_id is None
+    assert one(b"Message-ID:  <  spaced@x >  \r\n\r\nx").message_id == "spaced@x"
+    assert one(b"Date: Mon, 30 Feb 2024 10:00:00 +0000\r\n\r\nx").date is None
+    assert one(b"Date: Mon, 1 Jan 99999 10:00:00 +0000\r\n\r\nx").date is None
+    # naive -> UTC
+    assert one(b"Date: Mon, 1 Jan 2024 10:00:00\r\n\r\nx").date == datetime(2024, 1, 1, 10, tzinfo=UTC)
+    # fast-mail-parser gets this one wrong (10:03:20 UTC); we must not
+    d = one(b"Date: 1 Jan 2024 10:00 +0200\r\n\r\nx").date
+    assert d == datetime(2024, 1, 1, 10, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert one(b"Date: Mon, 1 Jan 2024 10:00:00 -0000 (UTC)\r\n\r\nx").date == datetime(
+        2024, 1, 1, 10, tzinfo=UTC
+    )
+
+
+def test_header_name_case_and_first_occurrence() -> None:
+    p = one(b"Message-Id: <first@x>\r\nMESSAGE-ID: <second@x>\r\nsubject: lower\r\n\r\nx")
+    assert p.message_id == "first@x"
+    assert p.headers["message-id"] == "<first@x>"
+    assert p.subject == "lower"
+    assert "MESSAGE-ID" not in p.headers and "Message-Id" not in p.headers
+
+
+def test_addresses_that_fast_mail_parser_loses() -> None:
+    raw = msg("""
+From: a@example.com, b@example.com
+To: Bob <bob@example.com> <b2@example.com>
+Cc: team: x@example.com, y@example.com;, z@example.com
+Bcc: John
+Reply-To: =?utf-8?q?A=2C_B?= <ab@example.com>
+
+x
+""")
+    p = one(raw)
+    assert [a.email for a in p.from_] == ["a@example.com", "b@example.com"]
+    assert [a.email for a in p.to] == ["bob@example.com", "b2@example.com"]
+    assert [a.email for a in p.cc] == ["x@example.com", "y@example.com", "z@example.com"]
+    assert p.bcc == [Address("John", None)]  # getaddresses semantics
+    assert p.reply_to == [Address("ab@example.com", "A, B")]
+    assert one(b"To: undisclosed-recipients:;\r\n\r\nx").to == []
+
+
+def test_unknown_8bit_charset_is_redecoded() -> None:
+    utf8 = one(
+        b"From: a@example.com\r\nSubject: =?unknown-8bit?q?caf=C3=A9?=\r\n"
+        b"Content-Type: text/plain; charset=unknown-8bit\r\n\r\ncaf\xc3\xa9 na\xc3\xafve\r\n"
+    )
+    assert utf8.text == "café naïve\r\n"
+    assert utf8.subject == "café"
+    assert utf8.parse_note is not None and "stdlib" in utf8.parse_note
+    cp1252 = one(b"Content-Type: text/plain; charset=unknown-8bit\r\n\r\n\x93caf\xe9\x94\r\n")
+    assert cp1252.text == "“café”\r\n"
+    bogus = one(b"Content-Type: text/plain; charset=no-such-charset\r\n\r\ncaf\xc3\xa9")
+    assert bogus.text == "café"
+
+
+def test_invalid_base64_body_falls_back_to_the_stdlib() -> None:
+    raw = msg("""
+From: a@example.com
+Subject: broken
+Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: base64
+
+aGVsbG8gd29ybGQ!!!$$$
+""")
+    p = one(raw)
+    assert p.parse_note is not None
+    assert "fast-mail-parser" in p.parse_note and "stdlib" in p.parse_note
+    assert p.subject == "broken" and p.from_ == [Address("a@example.com")]
+    assert p.text is not None and p.text.startswith("hello world")
+
+
+def test_invalid_base64_attachment_keeps_the_message() -> None:
+    raw = msg("""
+Content-Type: multipart/mixed; boundary=B
+
+--B
+Content-Type: text/plain
+
+the text
+--B
+Content-Type: application/pdf
+Content-Disposition: attachment; filename=a.pdf
+Content-Transfer-Encoding: base64
+
+@@@@
+--B--
+""")
+    p = one(raw)
+    assert p.text == "the text"
+    assert [a.filename for a in p.attachments] == ["a.pdf"]
+    assert p.parse_note is not None and "could not be decoded" in p.parse_note
+
+
+def test_multipart_whose_boundary_never_appears_keeps_its_text() -> None:
+    raw = msg("""
+From: a@example.com
+Content-Type: multipart/mixed; boundary="NEVER"
+
+Hello, this body has no parts at all.
+""")
+    p = one(raw)
+    assert p.text is not None and "Hello, this body has no parts at all." in p.text
+    assert p.parse_note is not None and "boundary" in p.parse_note
+
+
+def test_rfc2231_encoded_boundary() -> None:
+    raw = msg("""
+Content-Type: multipart/mixed; boundary*="us-ascii''XyZ"
+
+--XyZ
+Content-Type: text/plain
+
+inside
+--XyZ--
+""")
+    assert one(raw).text == "inside"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"Subject: hi",
+        b"\x00\xff\xfe\x80garbage\x00\r\n\r\n\xff",
+        bytes(range(256)) * 4,
+        b"\r\n\r\n\r\n",
+        b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n--\r\n",
+        b"Content-Type: multipart/mixed\r\n\r\nno boundary parameter",
+        b"Content-Transfer-Encoding: base64\r\n\r\n=",
+        b"From: " + b"<" * 5000 + b"\r\nTo: " + b"a@b, " * 2000 + b"\r\n\r\n" + b"<p" * 5000,
+    ],
+)
+def test_degenerate_input_never_raises(raw: bytes) -> None:
+    [p] = parse_many([raw])
+    assert isinstance(p, ParsedMessage)
+    assert isinstance(p.snippet, str)
+
+
+def test_lone_header_line_and_empty_input() -> None:
+    p = one(b"Subject: hi")
+    assert p.subject == "hi" and p.message_id is None
+    e = one(b"")
+    assert e.subject is None and e.message_id is None and not e.text and e.from_ == []
+
+
+def test_order_length_and_odd_input_types() -> None:
+    raws: list[object] = [
+        b"Subject: one\r\n\r\nx",
+        bytearray(b"Subject: two\r\n\r\nx"),
+        memoryview(b"Subject: three\r\n\r\nx"),
+        None,
+        b"Subject: five\r\n\r\nx",
+    ]
+    out = parse_many(raws)  # type: ignore[arg-type]
+    assert [p.subject for p in out] == ["one", "two", "three", None, "five"]
+    assert out[3].parse_note is not None and "not bytes" in out[3].parse_note
+    assert parse_many([]) == []
+
+
+def test_oversized_message_gets_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parse_mod, "_FMP_MAX_BYTES", 10)
+    monkeypatch.setattr(parse_mod, "_STDLIB_MAX_BYTES", 20)
+    [p] = parse_many([b"Subject: big\r\nMessage-ID: <big@x>\r\n\r\n" + b"x" * 100])
+    assert p.subject == "big" and p.message_id == "big@x"
+    assert p.parse_note is not None and "only the header lines" in p.parse_note
+
+
+def test_stdlib_failure_gives_raw_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(raw: bytes) -> None:
+        raise RuntimeError("stdlib exploded")
+
+    monkeypatch.setattr(parse_mod._stdlib_parser, "parsebytes", boom)
+    raw = b"Subject: s\r\nFrom: A <a@x>\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!"
+    [p] = parse_many([raw])
+    assert p.subject == "s" and p.from_ == [Address("a@x", "A")]
+    assert p.text is None and p.snippet == ""
+    assert p.parse_note is not None and "stdlib failed" in p.parse_note
+
+
+def test_gc_state_is_left_alone() -> None:
+    assert gc.isenabled()
+    parse_many([ALTERNATIVE])
+    assert gc.isenabled()
+
+
+def test_snippet_leaves_out_quotes() -> None:
+    gmail = one(
+        b"Subject: r\r\n\r\nSounds good!\r\n\r\nOn Mon, 1 Jan 2024 at 10:00, Bob <b@x> wrote:\r\n> old\r\n"
+    )
+    assert gmail.snippet == "Sounds good!"
+    wrapped = one(b"\r\nThanks\r\n\r\nOn Mon, 1 Jan 2024 at 10:00, Bob Example <\r\nb@x> wrote:\r\n> old\r\n")
+    assert wrapped.snippet == "Thanks"
+    outlook = one(b"\r\nSee below.\r\n\r\n-----Original Message-----\r\nFrom: x\r\nSent: y\r\n\r\nold")
+    assert outlook.snippet == "See below."
+    inline = one(b"\r\n> question one\r\nanswer one\r\n> question two\r\nanswer two\r\n")
+    assert inline.snippet == "answer one answer two"
+    long = one(b"\r\n" + b"word " * 100)
+    assert len(long.snippet) <= parse_mod.SNIPPET_LENGTH and long.snippet.startswith("word word")
+    assert not long.snippet.endswith(" ")
+
+
+def test_normalize_message_id() -> None:
+    assert normalize_message_id("<a@x>") == "a@x"
+    assert normalize_message_id(" <a@x> (comment)") == "a@x"
+    assert normalize_message_id("a@x") == "a@x"
+    assert normalize_message_id("<a@x") == "a@x"
+    assert normalize_message_id("<a@x> <b@x>") == "a@x"
+    assert normalize_message_id("") is None and normalize_message_id(None) is None
+
+
+def test_html_to_text_is_linear_on_hostile_input() -> None:
+    assert html_to_text("<script>" * 20000) == ""
+    assert html_to_text("<!--" + "x" * 100) == ""
+    assert html_to_text("a" + "<" * 50000) == "a" + "<" * 50000
+
+
+# --------------------------------------------------------------------------------------------------
+# CPython's own email test corpus
+
+CPYTHON_DATA = Path(email.__file__).parent.parent / "test" / "test_email" / "data"
+
+
+@pytest.mark.skipif(not CPYTHON_DATA.is_dir(), reason=f"no CPython email test data at {CPYTHON_DATA}")
+def test_cpython_email_corpus() -> None:
+    files = sorted(CPYTHON_DATA.glob("msg_*.txt"))
+    assert files
+    raws = [f.read_bytes() for f in files]
+    out = parse_many(raws)
+    assert len(out) == len(raws)
+    by_name = dict(zip((f.name for f in files), out, strict=True))
+    for p in out:
+        assert isinstance(p, ParsedMessage)
+    # A few spot checks of known files.
+    m17 = by_name.get("msg_17.txt")  # multipart whose boundary never appears
+    if m17 is not None:
+        assert m17.text is not None and "dingus fish" in m17.text
+    m33 = by_name.get("msg_33.txt")  # boundary given as an RFC 2231 parameter
+    if m33 is not None:
+        assert m33.text is not None and "part 1" in m33.text and "part 2" in m33.text
+    # headers-only over the same corpus
+    heads = parse_many(raws, headers_only=True)
+    assert len(heads) == len(raws) and all(h.text is None for h in heads)
+
+
+# --------------------------------------------------------------------------------------------------
+# Property tests
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(st.lists(st.binary(max_size=3000), max_size=6), st.booleans())
+def test_arbitrary_bytes_never_raise(raws: list[bytes], headers_only: bool) -> None:
+    out = parse_many(raws, headers_only=headers_only)
+    assert len(out) == len(raws)
+    assert all(isinstance(p, ParsedMessage) and p.headers_only is headers_only for p in out)
+
+
+CHARSETS = ["utf-8", "iso-8859-1", "windows-1252", "shift_jis", "unknown-8bit", "x-bogus", "", "us-ascii",
+            "utf-16", "base64", "rot13", "idna"]  # fmt: skip
+HEADER_NAMES = ["From", "To", "Cc", "Subject", "Date", "Message-ID", "References", "In-Reply-To", "X-Junk",
+                "Content-Disposition", "Reply-To", "Bcc", "List-Id"]  # fmt: skip
+header_value = st.one_of(
+    st.text(max_size=60).map(lambda s: s.replace("\r", " ").replace("\n", " ")),
+    st.sampled_from(["<a@b>", "=?utf-8?q?caf=C3=A9?=", "=?unknown-8bit?b?////?=", "a@b, <c@d>",
+                     "Mon, 1 Jan 2024", "=?x?q?=ZZ?=", "\"q\\\"uote\" <x@y>", "<", ";", ":;",
+                     "1 Jan 99999 10:00:00 +9999", "x@y (Name)", "<a@b", "<>"]),
+)  # fmt: skip
+
+
+@st.composite
+def structured_message(draw: st.DrawFn) -> bytes:
+    headers = draw(st.lists(st.tuples(st.sampled_from(HEADER_NAMES), header_value), max_size=8))
+    lines = [f"{name}: {value}".encode("utf-8", "surrogatepass") for name, value in headers]
+    if draw(st.booleans()):
+        lines.append(draw(st.binary(max_size=40)).replace(b"\n", b" "))  # a raw 8-bit header line
+    boundary = draw(st.sampled_from(["b", "=_x", "", "a b", "--", "é"]))
+    parts = []
+    for _ in range(draw(st.integers(0, 4))):
+        ctype = draw(st.sampled_from(["text/plain", "text/html", "application/pdf", "message/rfc822",
+                                      "multipart/alternative", "image/png"]))  # fmt: skip
+        charset = draw(st.sampled_from(CHARSETS))
+        cte = draw(st.sampled_from(["7bit", "8bit", "base64", "quoted-printable", "x-uuencode", ""]))
+        body = draw(st.binary(max_size=300))
+        if cte == "base64" and draw(st.booleans()):
+            body = base64.encodebytes(body)
+        head = f"Content-Type: {ctype}; charset={charset}\r\nContent-Transfer-Encoding: {cte}\r\n"
+        if draw(st.booleans()):
+            head += "Content-Disposition: attachment; filename*=UTF-8''%E9%ZZ.bin\r\n"
+        parts.append(head.encode("utf-8") + b"\r\n" + body)
+    if parts or draw(st.booleans()):
+        sub = draw(st.sampled_from(["mixed", "alternative", "related"]))
+        lines.append(f'Content-Type: multipart/{sub}; boundary="{boundary}"'.encode())
+        delim = b"--" + boundary.encode()
+        body = b"".join(delim + b"\r\n" + part + b"\r\n" for part in parts)
+        if draw(st.booleans()):
+            body += delim + b"--\r\n"
+    else:
+        lines.append(b"Content-Type: text/plain; charset=" + draw(st.sampled_from(CHARSETS)).encode())
+        body = draw(st.binary(max_size=500))
+    sep = draw(st.sampled_from([b"\r\n", b"\n"]))
+    return sep.join(lines) + sep + sep + body
+
+
+@FUZZ
+@given(st.lists(structured_message(), min_size=1, max_size=5), st.booleans())
+def test_structured_messages_never_raise(raws: list[bytes], headers_only: bool) -> None:
+    out = parse_many(raws, headers_only=headers_only)
+    assert len(out) == len(raws)
+    for p in out:
+        assert isinstance(p, ParsedMessage)
+        assert p.date is None or p.date.tzinfo is not None
+        assert all(a.email and a.email == a.email.strip() for a in p.from_ + p.to + p.cc + p.bcc + p.reply_to)
+        assert p.message_id is None or (p.message_id and "<" not in p.message_id and ">" not in p.message_id)
+        assert set(p.headers) <= set(parse_mod.KEPT_HEADERS)
+        assert len(p.snippet) <= parse_mod.SNIPPET_LENGTH
+        if headers_only:
+            assert p.text is None and p.html is None and p.attachments == []
+
+
+@FUZZ
+@given(st.text(max_size=400))
+def test_fold_quotes_and_sanitize_never_raise(text: str) -> None:
+    new, tail = fold_quotes(text)
+    assert tail is None or new + tail != ""
+    if tail is None:
+        assert new == text
+    else:
+        assert text.startswith(new) and text.endswith(tail)
+    sanitize_html(text)
+    html_to_text(text)
+
+
+# --------------------------------------------------------------------------------------------------
+# sanitize_html
+
+
+def test_sanitize_removes_active_content() -> None:
+    dirty = (
+        '<div onclick="steal()"><script>alert(1)</script><p>Hello <b>bold</b></p>'
+        '<img src="https://img.example/x.png" onerror="alert(2)" alt="logo">'
+        '<a href="javascript:alert(3)">bad</a><a href="JaVaScRiPt:alert(4)">bad2</a>'
+        '<a href="https://ok.example/" onmouseover="x()">ok</a>'
+        '<iframe src="https://evil.example"></iframe><form action="/x"><input name="p"></form>'
+        '<style>body{display:none}</style><object data="x.swf"></object></div>'
+    )
+    clean = sanitize_html(dirty)
+    lowered = clean.lower()
+    for bad in ("<script", "alert(1)", "onerror", "onclick", "onmouseover", "javascript:", "<iframe",
+                "<form", "<input", "<style", "<object", "display:none"):  # fmt: skip
+        assert bad not in lowered, bad
+    assert "<p>Hello <b>bold</b></p>" in clean
+    assert '<img src="https://img.example/x.png" alt="logo">' in clean
+    assert 'href="https://ok.example/"' in clean
+    assert 'rel="noopener noreferrer"' in clean
+
+
+def test_sanitize_keeps_mail_formatting_and_safe_styles() -> None:
+    html = (
+        '<table border="0" cellpadding="4" width="100%"><tr><td align="center" bgcolor="#eeeeee" '
+        'style="color: #333; position: fixed; background-image: url(https://t.example/p.gif); '
+        'font-size: 14px">cell</td></tr></table><font color="red" face="Arial">f</font>'
+        '<blockquote>q</blockquote><ul><li>one</li></ul><span class="x" id="y">s</span>'
+    )
+    clean = sanitize_html(html)
+    assert '<td align="center" bgcolor="#eeeeee" style="color:#333;font-size:14px">cell</td>' in clean
+    assert '<table border="0" cellpadding="4" width="100%">' in clean
+    assert '<font color="red" face="Arial">f</font>' in clean
+    assert "<blockquote>q</blockquote>" in clean and "<li>one</li>" in clean
+    assert "position" not in clean and "url(" not in clean
+    assert "<span>s</span>" in clean  # class and id dropped
+
+
+def test_sanitize_image_and_link_schemes() -> None:
+    clean = sanitize_html(
+        '<img src="cid:logo@x"><img src="data:image/png;base64,iVBO"><img src="data:text/html,<b>">'
+        '<img src="/relative.png"><img src="ftp://x/y.png"><a href="data:text/html,x">d</a>'
+        '<a href="cid:x">c</a><a href="mailto:a@example.com">m</a><a href="/rel">r</a>'
+    )
+    assert 'src="cid:logo@x"' in clean
+    assert 'src="data:image/png;base64,iVBO"' in clean
+    assert "data:text" not in clean and "relative.png" not in clean and "ftp:" not in clean
+    assert 'href="mailto:a@example.com"' in clean
+    assert 'href="cid:' not in clean and 'href="/rel"' not in clean
+
+
+# --------------------------------------------------------------------------------------------------
+# fold_quotes
+
+
+def test_fold_gmail_reply() -> None:
+    text = (
+        "Sounds good, see you then.\n\nOn Mon, Jan 1, 2024 at 10:00 AM Bob Example <bob@example.com>\n"
+        "wrote:\n\n> Shall we meet on Tuesday?\n>\n> Bob\n"
+    )
+    new, tail = fold_quotes(text)
+    assert new == "Sounds good, see you then."
+    assert tail is not None and tail.startswith("On Mon, Jan 1") and tail.endswith("> Bob\n")
+
+
+def test_fold_outlook_reply() -> None:
+    text = (
+        "Please find the invoice attached.\r\n\r\nRegards,\r\nAnn\r\n\r\n"
+        "________________________________\r\nFrom: Bob Example <bob@example.com>\r\n"
+        "Sent: Monday, January 1, 2024 10:00 AM\r\nTo: Ann <ann@example.com>\r\nSubject: Invoice\r\n\r\n"
+        "Could you send the invoice?\r\n"
+    )
+    new, tail = fold_quotes(text)
+    assert new == "Please find the invoice attached.\r\n\r\nRegards,\r\nAnn"
+    assert tail is not None and tail.startswith("____") and "Could you send" in tail
+    plain = "Ok.\n\n-----Original Message-----\nFrom: x\nSent: y\n\nold"
+    assert fold_quotes(plain) == ("Ok.", "-----Original Message-----\nFrom: x\nSent: y\n\nold")
+    header_only = "Yes.\n\nFrom: Bob <b@x>\nSent: Monday\nTo: me\nSubject: q\n\nold text"
+    assert fold_quotes(header_only)[0] == "Yes."
+    german = "Ja.\n\nVon: Bob <b@x>\nGesendet: Montag\n\nalt"
+    assert fold_quotes(german)[0] == "Ja."
+
+
+def test_fold_gt_quoted_reply() -> None:
+    text = "I agree.\n\n> You said this\n> and that\n\n>\n"
+    new, tail = fold_quotes(text)
+    assert new == "I agree."
+    assert tail == "> You said this\n> and that\n\n>\n"
+
+
+def test_fold_leaves_interleaved_replies_and_plain_text_alone() -> None:
+    inline = "On Mon, Bob wrote:\n> q1\nanswer 1\n> q2\nanswer 2\n"
+    assert fold_quotes(inline) == (inline, None)
+    plain = "Just some text.\nFrom: the desk of nobody\nOn the other hand, nothing.\n"
+    assert fold_quotes(plain) == (plain, None)
+    only_quote = "> all of it is quoted\n> really\n"
+    assert fold_quotes(only_quote) == (only_quote, None)
+    forward_only = "-----Original Message-----\nFrom: x\n\nbody"
+    assert fold_quotes(forward_only) == (forward_only, None)
+
+
+def test_fold_quotes_french_attribution() -> None:
+    new, tail = fold_quotes("Merci !\n\nLe lun. 1 janv. 2024 à 10:00, Bob <b@x> a écrit :\n> texte\n")
+    assert new == "Merci !"
+    assert tail is not None and tail.startswith("Le lun.")
