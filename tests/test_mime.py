@@ -287,6 +287,80 @@ x
     assert one(b"To: undisclosed-recipients:;\r\n\r\nx").to == []
 
 
+def test_comment_names_and_bare_angle_addresses() -> None:
+    p = one(
+        b"From: bbb@example.com (John X. Doe)\r\nTo: <a@example.com>, John X. Doe <j@example.com>\r\n\r\nx"
+    )
+    assert p.from_ == [Address("bbb@example.com", "John X. Doe")]
+    assert p.to == [Address("a@example.com"), Address("j@example.com", "John X. Doe")]
+    assert p.parse_note is None
+
+
+def test_part_without_header_separator_and_empty_parts() -> None:
+    # A part whose header block has no blank line: fast-mail-parser loses "bar", the stdlib keeps it.
+    raw = msg("""
+Content-Type: multipart/mixed; boundary=foo
+
+--foo
+Content-Type: text/plain
+bar
+
+--foo--
+""")
+    p = one(raw)
+    assert p.text is not None and p.text.strip() == "bar"
+    assert p.parse_note is not None
+    # Parts that are merely empty are not a reason to re-parse.
+    empty = one(
+        msg("""
+Content-Type: multipart/mixed; boundary=B
+
+--B
+Content-Type: text/plain
+
+
+--B
+Content-Type: text/html
+
+
+--B--
+""")
+    )
+    assert empty.parse_note is None
+    assert not (empty.text or "").strip() and empty.snippet == ""
+
+
+def test_content_type_without_subtype_is_text() -> None:
+    p = one(b"Content-Type: text\r\n\r\nHello there\r\n")
+    assert p.text is not None and p.text.strip() == "Hello there"
+    assert p.attachments == []
+
+
+def test_stdlib_path_reads_latin1_as_windows_1252_and_repairs_mojibake() -> None:
+    raw = (
+        b"Content-Type: multipart/mixed; boundary=Q\r\n\r\n--Q\r\n"
+        b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\n\x93quoted\x94\r\n--Q\r\n"
+        b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\nmislabelled caf\xc3\xa9\r\n--Q\r\n"
+        b"Content-Type: text/plain; charset=x-no-such-charset\r\n\r\nna\xc3\xafve\r\n--Q--\r\n"
+    )
+    p = one(raw)  # the unknown charset sends the whole message to the stdlib
+    assert p.parse_note is not None and "stdlib" in p.parse_note
+    assert p.text == "“quoted”\nmislabelled café\nnaïve"
+    # fast-mail-parser's result for the first two parts is the same
+    assert one(raw.rsplit(b"--Q\r\nContent-Type: text/plain; charset=x-", 1)[0] + b"--Q--\r\n").text == (
+        "“quoted”\nmislabelled café"
+    )
+
+
+def test_header_block_with_mixed_encodings() -> None:
+    raw = (
+        b"Subject: caf\xc3\xa9\r\nFrom: Ren\xe9 <r@example.com>\r\nContent-Transfer-Encoding: base64\r\n\r\n!"
+    )
+    [p] = parse_many([raw])
+    assert p.subject == "café"
+    assert p.from_ == [Address("r@example.com", "René")]
+
+
 def test_unknown_8bit_charset_is_redecoded() -> None:
     utf8 = one(
         b"From: a@example.com\r\nSubject: =?unknown-8bit?q?caf=C3=A9?=\r\n"
@@ -351,9 +425,10 @@ Hello, this body has no parts at all.
     assert p.parse_note is not None and "boundary" in p.parse_note
 
 
-def test_rfc2231_encoded_boundary() -> None:
-    raw = msg("""
-Content-Type: multipart/mixed; boundary*="us-ascii''XyZ"
+@pytest.mark.parametrize("charset", ["us-ascii", "ansi-x3.4-1968"])
+def test_rfc2231_encoded_boundary(charset: str) -> None:
+    raw = msg(f"""
+Content-Type: multipart/mixed; boundary*="{charset}''XyZ"
 
 --XyZ
 Content-Type: text/plain
@@ -398,9 +473,10 @@ def test_order_length_and_odd_input_types() -> None:
         memoryview(b"Subject: three\r\n\r\nx"),
         None,
         b"Subject: five\r\n\r\nx",
+        "Subject: six \ud800\r\n\r\nx",
     ]
     out = parse_many(raws)  # type: ignore[arg-type]
-    assert [p.subject for p in out] == ["one", "two", "three", None, "five"]
+    assert [p.subject for p in out] == ["one", "two", "three", None, "five", "six ?"]
     assert out[3].parse_note is not None and "not bytes" in out[3].parse_note
     assert parse_many([]) == []
 
@@ -523,7 +599,7 @@ def structured_message(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):
         lines.append(draw(st.binary(max_size=40)).replace(b"\n", b" "))  # a raw 8-bit header line
     boundary = draw(st.sampled_from(["b", "=_x", "", "a b", "--", "é"]))
-    parts = []
+    parts: list[bytes] = []
     for _ in range(draw(st.integers(0, 4))):
         ctype = draw(st.sampled_from(["text/plain", "text/html", "application/pdf", "message/rfc822",
                                       "multipart/alternative", "image/png"]))  # fmt: skip
@@ -536,7 +612,8 @@ def structured_message(draw: st.DrawFn) -> bytes:
         if draw(st.booleans()):
             head += "Content-Disposition: attachment; filename*=UTF-8''%E9%ZZ.bin\r\n"
         parts.append(head.encode("utf-8") + b"\r\n" + body)
-    if parts or draw(st.booleans()):
+    force_multipart = draw(st.booleans())
+    if parts or force_multipart:
         sub = draw(st.sampled_from(["mixed", "alternative", "related"]))
         lines.append(f'Content-Type: multipart/{sub}; boundary="{boundary}"'.encode())
         delim = b"--" + boundary.encode()

@@ -5,31 +5,44 @@
 1. `fast_mail_parser.parse_many` (Rust, parallel, GIL released for the batch) in "lazy" mode: bodies
    decoded, attachments decoded only when we read them (we do, for the size, but nothing keeps them).
    Headers-only input uses "metadata" mode, which decodes nothing.
-2. The stdlib `email` package (compat32 policy: lenient, and about twice as fast as `default`) when
-   fast-mail-parser refuses the message (invalid base64 in a body part...), or returned something we
-   know to be lossy: a charset it did not recognise (`unknown-8bit`, made-up labels: it decodes those
-   as ASCII and every 8-bit byte becomes U+FFFD), or a multipart whose boundary never appears (it
-   silently returns no text at all).
+2. The stdlib `email` package (compat32 policy: lenient, and about three times as fast as `default`,
+   whose `get_content` raises LookupError for `unknown-8bit`) when fast-mail-parser refuses the
+   message (invalid base64 in a body part...) or returned something known to be lossy (below).
 3. A "raw fallback" built from the header lines read by hand, when even the stdlib fails.
 
 Whatever happens, one `ParsedMessage` per input, same order, and nothing raises. `parse_note` says
-which fallback was used and why. Header fields are read from the header block in all tiers the same
-way: message-ids lose their angle brackets, RFC 2047 words are decoded (unknown charsets as UTF-8,
-else Windows-1252), dates become aware datetimes (naive ones are taken as UTC; unparseable ones are
-None), addresses follow `email.utils.getaddresses`.
+which fallback was used and why. Header fields are derived the same way in all tiers: message-ids
+lose their angle brackets, RFC 2047 words are decoded (unknown charsets as UTF-8, else
+Windows-1252), dates become aware datetimes (naive ones are taken as UTC; unparseable ones are None),
+addresses follow `email.utils.getaddresses`. Text keeps the message's line endings (CRLF, usually).
 
-fast-mail-parser quirks handled here (0.10.0):
+fast-mail-parser 0.10.0 quirks, and what is done about them:
 - header names keep the case they were written in (`Message-Id` / `Message-ID`): lower-cased here;
+  header values come back RFC 2047-decoded (the raw form is not available): re-read by hand when
+  the raw form is needed;
 - `text_plain`, `text_html`, `to`, ... are rebuilt on every attribute read: each is read once;
-- `date_parsed` is wrong for dates without seconds and no weekday ("1 Jan 2024 10:00 +0200" comes
-  back as 10:03:20 UTC), rolls Feb 30 into March, maps year 0001 to 2001, and raises ValueError for
-  year 99999: the Date header goes through `email.utils.parsedate_to_datetime` instead;
-- one unparseable mailbox empties the whole address list, and a From with two mailboxes keeps only
-  the first: such headers are re-read with `getaddresses`;
-- after an RFC 5322 group or an empty list element, the next address comes back as ", c@z";
+- a charset it does not know (`unknown-8bit`, made-up labels) is decoded as ASCII, every 8-bit
+  byte becoming U+FFFD, with a "charset-fallback" warning: such messages go to the stdlib;
 - a body in an undeclared (or us-ascii) charset is decoded as Windows-1252, so 8-bit UTF-8 becomes
   mojibake ("cafÃ©"): text that round-trips through Windows-1252 into valid UTF-8 is re-decoded;
-- encoded-words in an unknown charset (`=?unknown-8bit?q?...?=`) are left encoded in the headers.
+- a multipart whose boundary never appears, whose boundary is an RFC 2231 parameter in a charset it
+  does not know (`boundary*="ansi-x3.4-1968''..."`), or whose parts lack the blank line after their
+  headers loses that text without a warning: a multipart with no text, no attachment and some
+  non-boundary, non-header line in its body goes to the stdlib;
+- a part with a content type lacking its subtype ("text") becomes an attachment (RFC 2045 says
+  text/plain): such messages go to the stdlib;
+- invalid base64 fails the whole message in a body part (-> stdlib) and, in lazy mode, only the
+  attachment's `content` for an attachment (-> the encoded size is reported, with a note);
+- `date_parsed` is wrong for a date without seconds or weekday ("1 Jan 2024 10:00 +0200" comes
+  back as 10:03:20 UTC), rolls Feb 30 into March and 24:00 into the next day, maps year 0001 to
+  2001, and raises ValueError for year 99999: the Date header is parsed here instead;
+- one unparseable mailbox empties the whole address list, a From with two mailboxes keeps only the
+  first, a name given as a comment ("a@b (Name)") is dropped, and after an RFC 5322 group or an
+  empty list element the next address comes back as ", c@z": such headers are re-read with
+  `getaddresses`, and addresses are stripped;
+- encoded-words in an unknown charset (`=?unknown-8bit?q?...?=`) are left encoded: decoded here;
+- a body-less message has `text_plain == [""]`, and empty parts are listed: empty parts are dropped
+  before joining.
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ from email.header import decode_header
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
+from typing import TypedDict
 
 import fast_mail_parser as fmp
 
@@ -93,15 +107,24 @@ codecs.register_error("inboxlink-c1", _c1_as_bytes)
 
 _ASCII_LABELS = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968", "646", "iso646-us", "us"})
 _UNKNOWN_LABELS = frozenset({"unknown-8bit", "x-unknown", "unknown", "8bit", "default", "x-user-defined"})
+# Labels that in practice mean Windows-1252 (as browsers and fast-mail-parser read them).
+_LATIN1_LABELS = frozenset({"iso-8859-1", "iso8859-1", "iso_8859-1", "latin1", "latin-1", "l1", "cp819",
+                            "windows-1252", "cp1252"})  # fmt: skip
 
 
 def _decode_bytes(data: bytes, charset: str | None) -> str:
     """Bytes in a declared (possibly bogus) charset -> str, never raising.
 
-    A known charset decodes with replacement characters for bad bytes; an absent, ASCII or unknown
-    one tries UTF-8, then Windows-1252, then Latin-1 (which cannot fail).
+    A known charset decodes with replacement characters for bad bytes (Latin-1 is read as its
+    superset Windows-1252); an absent, ASCII or unknown one tries UTF-8, then Windows-1252, then
+    Latin-1 (which cannot fail).
     """
     label = charset.strip().strip('"').lower() if charset else ""
+    if label in _LATIN1_LABELS:
+        try:
+            return data.decode("cp1252")
+        except UnicodeDecodeError:
+            return data.decode("latin-1")
     if label and label not in _ASCII_LABELS and label not in _UNKNOWN_LABELS:
         try:
             return data.decode(label, "replace")
@@ -212,8 +235,18 @@ _SNIPPET_STOP = re.compile(
 _STOP_INITIALS = frozenset("OoFf-_")
 
 
-# Any of these near the start of the text sends the snippet down the line-by-line path.
-_SNIPPET_MARKER = re.compile(r">|On |on |rote|----|____|From:|FROM:")
+def _may_quote(head: str) -> bool:
+    """Whether a quote or reply header could start in `head` (plain substring tests: fastest)."""
+    return (
+        ">" in head
+        or "rote" in head
+        or "\nOn " in head
+        or "\non " in head
+        or "----" in head
+        or "____" in head
+        or "rom:" in head
+        or "ROM:" in head
+    )
 
 
 def _cut(snippet: str) -> str:
@@ -227,7 +260,7 @@ def _snippet(text: str) -> str:
     """The first ~200 characters of the new text: whitespace collapsed, `>` lines and the quoted
     part below an "On ... wrote:" / "-----Original Message-----" / "From:" line left out."""
     head = text[: SNIPPET_LENGTH + 60]
-    if _SNIPPET_MARKER.search(head) is None:
+    if not _may_quote(head):
         snippet = " ".join(head.split())  # the common case: no quote starts this early
         if len(snippet) >= SNIPPET_LENGTH or len(head) == len(text):
             return _cut(snippet)
@@ -358,7 +391,7 @@ def _std_addresses(value: str | None) -> list[Address]:
     for name, addr in pairs:
         addr = addr.strip()
         if addr:
-            out.append(Address(email=addr, name=_decode_words(name).strip() or None))
+            out.append(_address(addr, _decode_words(name).strip() or None))
     return out
 
 
@@ -375,7 +408,11 @@ def _read_headers(raw: bytes) -> dict[str, str]:
         if name is not None and name in _WANTED and name not in out:
             out[name] = " ".join(p for p in parts if p)
 
-    for line in _decode_bytes(block, None).split("\n"):
+    try:
+        lines = block.decode("utf-8").split("\n")
+    except UnicodeDecodeError:  # decoded line by line, so one stray byte does not spoil the rest
+        lines = [_decode_bytes(line, None) for line in block.split(b"\n")]
+    for line in lines:
         line = line.rstrip("\r")
         if line[:1] in (" ", "\t"):
             if name is not None:
@@ -392,7 +429,28 @@ def _read_headers(raw: bytes) -> dict[str, str]:
     return out
 
 
-def _fields_from_raw_headers(hdrs: dict[str, str]) -> dict[str, object]:
+class _HeaderFields(TypedDict):
+    message_id: str | None
+    subject: str | None
+    date: datetime | None
+    from_: list[Address]
+    to: list[Address]
+    cc: list[Address]
+    bcc: list[Address]
+    reply_to: list[Address]
+    in_reply_to: str | None
+    references: list[str]
+    headers: dict[str, str]
+
+
+def _no_header_fields() -> _HeaderFields:
+    return _HeaderFields(
+        message_id=None, subject=None, date=None, from_=[], to=[], cc=[], bcc=[], reply_to=[],
+        in_reply_to=None, references=[], headers={},
+    )  # fmt: skip
+
+
+def _fields_from_raw_headers(hdrs: dict[str, str]) -> _HeaderFields:
     """The header-derived ParsedMessage fields, from `_read_headers` output."""
     subject = hdrs.get("subject")
     return {
@@ -514,13 +572,11 @@ def _from_fmp(mail: fmp.PyLazyMail | fmp.PyMailMetadata, raw: bytes, headers_onl
             addrs = _fmp_addresses([from_]) if from_ is not None else []
         else:
             addrs = _fmp_addresses(getattr(mail, _ADDRESS_ATTRS[hname]))
+        # Re-read when a mailbox is missing, or a name given as a comment ("a@b (Name)") was lost.
         if (
             not addrs
             or value.count("@") > len(addrs)
-            or (
-                ("(" in value or ("<" in value and value.split("<", 1)[0].strip()))
-                and any(a.name is None for a in addrs)
-            )
+            or ("(" in value and any(a.name is None for a in addrs))
         ):
             if raw_headers is None:
                 raw_headers = _read_headers(raw)
@@ -645,7 +701,7 @@ def _stdlib_body(msg: Message) -> tuple[list[str], list[str], list[Attachment], 
             texts.append(_decode_bytes(data, _part_charset(part)))
             note = "the multipart boundary never appears; its body is kept as text"
         elif ctype in ("text/plain", "text/html") and disposition != "attachment":
-            decoded = _decode_bytes(data, _part_charset(part))
+            decoded = _fix_mojibake(_decode_bytes(data, _part_charset(part)))
             (texts if ctype == "text/plain" else htmls).append(decoded)
         else:
             cid_raw = part.get("Content-ID")
@@ -688,16 +744,13 @@ def _from_stdlib(raw: bytes, headers_only: bool, reason: str) -> ParsedMessage:
         attachments=attachments,
         headers_only=headers_only,
         parse_note=note,
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 
 def _raw_fallback(raw: object, headers_only: bool, reason: str) -> ParsedMessage:
     note = f"{reason}; only the header lines were read"
-    fields: dict[str, object] = {
-        "message_id": None, "subject": None, "date": None, "from_": [], "to": [], "cc": [],
-        "bcc": [], "reply_to": [], "in_reply_to": None, "references": [], "headers": {},
-    }  # fmt: skip
+    fields = _no_header_fields()
     if isinstance(raw, bytes):
         try:
             fields = _fields_from_raw_headers(_read_headers(raw))
@@ -710,7 +763,7 @@ def _raw_fallback(raw: object, headers_only: bool, reason: str) -> ParsedMessage
         attachments=[],
         headers_only=headers_only,
         parse_note=note,
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 
@@ -735,12 +788,15 @@ def _as_bytes(raw: object) -> bytes | None:
     if isinstance(raw, bytes | bytearray | memoryview):
         return bytes(raw)
     if isinstance(raw, str):
-        return raw.encode("utf-8", "surrogateescape")
+        try:
+            return raw.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return raw.encode("utf-8", "replace")
     return None
 
 
 def _is_fatal(exc: BaseException) -> bool:
-    return isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit | MemoryError)
+    return isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit)
 
 
 def _fmp_batch(
@@ -819,5 +875,9 @@ def _parse_many(raws: Sequence[bytes], headers_only: bool) -> list[ParsedMessage
 
 def _run_chunk(chunk: list[tuple[int, bytes]], headers_only: bool, out: list[ParsedMessage | None]) -> None:
     payloads: list[str | bytes] = [raw for _, raw in chunk]
-    for (i, raw), result in zip(chunk, _fmp_batch(payloads, headers_only), strict=True):
-        out[i] = _convert(result, raw, headers_only)
+    results: list[fmp.PyLazyMail | fmp.PyMailMetadata | BaseException | None]
+    results = list(_fmp_batch(payloads, headers_only))
+    for k, (i, raw) in enumerate(chunk):
+        result, results[k] = results[k], None  # freed as soon as it is used, while still in cache
+        if result is not None:
+            out[i] = _convert(result, raw, headers_only)

@@ -85,18 +85,20 @@ def _filter_attribute(tag: str, attr: str, value: str) -> str | None:
     return value if url.startswith(("http:", "https:")) else None  # cite
 
 
+_CLEANER = nh3.Cleaner(
+    tags=_TAGS,
+    clean_content_tags=_CLEAN_CONTENT,
+    attributes=_ATTRIBUTES,
+    attribute_filter=_filter_attribute,
+    strip_comments=True,
+    link_rel="noopener noreferrer",
+    url_schemes=_URL_SCHEMES,
+    filter_style_properties=_STYLE_PROPERTIES,
+    url_relative="deny",
+    set_tag_attribute_values={"a": {"target": "_blank"}},
+)
+
+
 def sanitize_html(html: str) -> str:
     """Sanitised copy of a message's HTML body, safe to embed in a page."""
-    return nh3.clean(
-        html,
-        tags=set(_TAGS),
-        clean_content_tags=set(_CLEAN_CONTENT),
-        attributes=_ATTRIBUTES,
-        attribute_filter=_filter_attribute,
-        strip_comments=True,
-        link_rel="noopener noreferrer",
-        url_schemes=set(_URL_SCHEMES),
-        filter_style_properties=set(_STYLE_PROPERTIES),
-        url_relative="deny",
-        set_tag_attribute_values={"a": {"target": "_blank"}},
-    )
+    return _CLEANER.clean(html)

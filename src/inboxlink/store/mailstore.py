@@ -6,9 +6,10 @@ transaction boundaries (data and cursor commit together, DESIGN §4).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, exists, func, select, update
@@ -96,8 +97,13 @@ def placements_by_key(conn: Connection, folder_id: int, keys: Sequence[str]) -> 
     out: dict[str, KnownPlacement] = {}
     for chunk in _chunks(keys):
         for r in conn.execute(
-            select(placements.c.id, placements.c.remote_key, placements.c.message_id, placements.c.flags,
-                   messages.c.headers_only)
+            select(
+                placements.c.id,
+                placements.c.remote_key,
+                placements.c.message_id,
+                placements.c.flags,
+                messages.c.headers_only,
+            )
             .join(messages, messages.c.id == placements.c.message_id)
             .where(placements.c.folder_id == folder_id, placements.c.remote_key.in_(chunk))
         ):
@@ -214,8 +220,11 @@ def restart_folders_with_headers_only(conn: Connection, account_id: str) -> int:
     holding = (
         select(placements.c.folder_id)
         .join(messages, messages.c.id == placements.c.message_id)
-        .where(messages.c.account_id == account_id, messages.c.headers_only.is_(True),
-               messages.c.deleted_at.is_(None))
+        .where(
+            messages.c.account_id == account_id,
+            messages.c.headers_only.is_(True),
+            messages.c.deleted_at.is_(None),
+        )
         .distinct()
     )
     res = conn.execute(update(folders).where(folders.c.id.in_(holding)).values(cursor=None))
@@ -238,66 +247,76 @@ def count_messages(conn: Connection, account_id: str) -> int:
     return n
 
 
-def _addr_list(addrs: Sequence[Any]) -> list[list[str | None]]:
+_MESSAGE_COLUMNS = (
+    "account_id", "provider_id", "message_id", "thread_id", "subject", "from_email", "from_name", "date",
+    "internal_date", "size", "snippet", "text_body", "has_html", "recipients", "in_reply_to", "references",
+    "headers", "attachments", "headers_only", "parse_note", "blob", "created_at", "updated_at",
+)  # fmt: skip
+_ADDRESS_COLUMNS = ("message_id", "role", "email", "name")
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """One downloaded message, ready to be written."""
+
+    provider_id: str
+    parsed: ParsedMessage
+    blob: str
+    internal_date: datetime | None
+    size: int | None
+    thread_id: str | None
+
+
+class _Bulk:
+    """Bulk writes through the driver's own `executemany`, skipping SQLAlchemy's per-row parameter
+    processing: on the sync hot path that processing cost more than SQLite's inserts themselves
+    (docs/architecture.md). Values are converted here exactly as the column types would: datetimes
+    in UTC (SQLite stores them as text, so they must share one offset to compare), JSON as text,
+    booleans as the dialect wants."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.sqlite = conn.dialect.name == "sqlite"
+        self.mark = "?" if self.sqlite else "%s"
+        self.quote = conn.dialect.identifier_preparer.quote
+
+    def dt(self, value: datetime | None) -> Any:
+        if value is None:
+            return None
+        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else value
+
+    def insert(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        sql = (
+            f"INSERT INTO {self.quote(table)} ({', '.join(self.quote(c) for c in columns)}) "
+            f"VALUES ({', '.join([self.mark] * len(columns))})"
+        )
+        self.conn.exec_driver_sql(sql, rows)
+
+
+def _pairs(addrs: Sequence[Any]) -> list[list[str | None]]:
     return [[a.email, a.name] for a in addrs]
 
 
-def message_row(
-    account_id: str,
-    provider_id: str,
-    parsed: ParsedMessage,
-    *,
-    blob: str,
-    internal_date: datetime | None,
-    size: int | None,
-    thread_id: str | None,
-    at: datetime,
-) -> dict[str, Any]:
-    sender = parsed.from_[0] if parsed.from_ else None
-    return {
-        "account_id": account_id,
-        "provider_id": provider_id,
-        "message_id": parsed.message_id,
-        "thread_id": thread_id,
-        "subject": parsed.subject,
-        "from_email": sender.email if sender else None,
-        "from_name": sender.name if sender else None,
-        "date": parsed.date,
-        "internal_date": internal_date,
-        "size": size,
-        "snippet": parsed.snippet,
-        "text_body": parsed.text,
-        "has_html": parsed.html is not None,
-        "recipients": {
-            "to": _addr_list(parsed.to),
-            "cc": _addr_list(parsed.cc),
-            "bcc": _addr_list(parsed.bcc),
-            "reply_to": _addr_list(parsed.reply_to),
-        },
-        "in_reply_to": parsed.in_reply_to,
-        "references": parsed.references,
-        "headers": parsed.headers,
-        "attachments": [
-            {
-                "filename": a.filename,
-                "content_type": a.content_type,
-                "size": a.size,
-                "content_id": a.content_id,
-                "inline": a.inline,
-            }
-            for a in parsed.attachments
-        ],
-        "headers_only": parsed.headers_only,
-        "parse_note": parsed.parse_note,
-        "blob": blob,
-        "html_sanitized": None,
-        "created_at": at,
-        "updated_at": at,
-        "deleted_at": None,
-    }
+def _message_tuple(bulk: _Bulk, account_id: str, m: NewMessage, at: Any) -> tuple[Any, ...]:
+    p = m.parsed
+    sender = p.from_[0] if p.from_ else None
+    dumps = json.dumps
+    return (
+        account_id, m.provider_id, p.message_id, m.thread_id, p.subject,
+        sender.email if sender else None, sender.name if sender else None,
+        bulk.dt(p.date), bulk.dt(m.internal_date), m.size, p.snippet, p.text, p.html is not None,
+        dumps({"to": _pairs(p.to), "cc": _pairs(p.cc), "bcc": _pairs(p.bcc), "reply_to": _pairs(p.reply_to)}),
+        p.in_reply_to, dumps(p.references), dumps(p.headers),
+        dumps([{"filename": a.filename, "content_type": a.content_type, "size": a.size,
+                "content_id": a.content_id, "inline": a.inline} for a in p.attachments]),
+        p.headers_only, p.parse_note, m.blob, at, at,
+    )  # fmt: skip
 
 
-def address_rows(message_id: int, parsed: ParsedMessage) -> list[dict[str, Any]]:
+def _address_tuples(message_id: int, parsed: ParsedMessage) -> list[tuple[Any, ...]]:
     rows = []
     for role, addrs in (
         ("from", parsed.from_),
@@ -308,45 +327,72 @@ def address_rows(message_id: int, parsed: ParsedMessage) -> list[dict[str, Any]]
     ):
         for a in addrs:
             if a.email:
-                rows.append(
-                    {"message_id": message_id, "role": role, "email": a.email.lower()[:320], "name": a.name}
-                )
+                rows.append((message_id, role, a.email.lower()[:320], a.name))
     return rows
 
 
 def write_messages(
     conn: Connection,
-    rows: Sequence[dict[str, Any]],
+    account_id: str,
+    items: Sequence[NewMessage],
     known: dict[str, KnownMessage],
-    parsed_by_pid: dict[str, ParsedMessage],
+    at: datetime,
 ) -> dict[str, int]:
-    """Insert new messages and overwrite known ones (same provider id); return provider_id -> id."""
+    """Insert new messages and overwrite known ones (same provider id); return provider_id -> id.
+    `items` must have distinct provider ids."""
+    bulk = _Bulk(conn)
+    stamp = bulk.dt(at)
+    new = [m for m in items if m.provider_id not in known]
+    old = [m for m in items if m.provider_id in known]
     ids: dict[str, int] = {}
-    new_rows = [r for r in rows if r["provider_id"] not in known]
-    old_rows = [r for r in rows if r["provider_id"] in known]
-    if new_rows:
-        result = conn.execute(messages.insert().returning(messages.c.id, messages.c.provider_id), new_rows)
-        for mid, pid in result:
-            ids[pid] = mid
-    if old_rows:
-        updates = []
-        for r in old_rows:
-            mid = known[r["provider_id"]].id
-            ids[r["provider_id"]] = mid
-            u = {f"b_{k}": v for k, v in r.items() if k not in ("account_id", "provider_id", "created_at")}
-            u["mid"] = mid
-            updates.append(u)
-        cols: dict[str, Any] = {k[2:]: bindparam(k) for k in updates[0] if k != "mid"}
-        conn.execute(update(messages).where(messages.c.id == bindparam("mid")).values(**cols), updates)
-        old_ids = [known[r["provider_id"]].id for r in old_rows]
-        for chunk in _chunks(old_ids):
+    if new:
+        bulk.insert("messages", _MESSAGE_COLUMNS, [_message_tuple(bulk, account_id, m, stamp) for m in new])
+        ids.update((pid, mid) for pid, mid in _ids_of(conn, account_id, [m.provider_id for m in new]))
+    if old:
+        columns = _MESSAGE_COLUMNS[2:-2]  # not account/provider id, nor the creation stamp
+        sets = ", ".join(f"{bulk.quote(c)} = {bulk.mark}" for c in columns)
+        sql = (
+            f"UPDATE messages SET {sets}, updated_at = {bulk.mark}, deleted_at = NULL, "
+            f"html_sanitized = NULL WHERE id = {bulk.mark}"
+        )
+        rows = []
+        for m in old:
+            mid = known[m.provider_id].id
+            ids[m.provider_id] = mid
+            full = _message_tuple(bulk, account_id, m, stamp)
+            rows.append((*full[2:-2], stamp, mid))
+        conn.exec_driver_sql(sql, rows)
+        for chunk in _chunks([known[m.provider_id].id for m in old]):
             conn.execute(delete(message_addresses).where(message_addresses.c.message_id.in_(chunk)))
-    addr: list[dict[str, Any]] = []
-    for pid, mid in ids.items():
-        addr.extend(address_rows(mid, parsed_by_pid[pid]))
-    if addr:
-        conn.execute(message_addresses.insert(), addr)
+    addr: list[tuple[Any, ...]] = []
+    for m in items:
+        addr.extend(_address_tuples(ids[m.provider_id], m.parsed))
+    bulk.insert("message_addresses", _ADDRESS_COLUMNS, addr)
     return ids
+
+
+def _ids_of(conn: Connection, account_id: str, provider_ids: Sequence[str]) -> Iterator[tuple[str, int]]:
+    for chunk in _chunks(provider_ids):
+        for r in conn.execute(
+            select(messages.c.provider_id, messages.c.id).where(
+                messages.c.account_id == account_id, messages.c.provider_id.in_(chunk)
+            )
+        ):
+            yield r.provider_id, r.id
+
+
+def put_placements(conn: Connection, rows: list[tuple[int, int, str, str]]) -> None:
+    """Upsert (message_id, folder_id, remote_key, flags) rows; the same SQL on SQLite and PostgreSQL."""
+    if not rows:
+        return
+    bulk = _Bulk(conn)
+    marks = ", ".join([bulk.mark] * 4)
+    conn.exec_driver_sql(
+        f"INSERT INTO placements (message_id, folder_id, remote_key, flags) VALUES ({marks}) "
+        "ON CONFLICT (folder_id, remote_key) DO UPDATE SET message_id = excluded.message_id, "
+        "flags = excluded.flags",
+        rows,
+    )
 
 
 def message_ids_of_account(conn: Connection, account_id: str) -> list[str]:

@@ -474,31 +474,17 @@ class SyncEngine:
         items = list(by_pid.items())
         blob_refs = self.db.blobs.put_many([raw.raw for _pid, (raw, _p) in items])
         self.db.blobs.flush()  # bytes reach the OS before any row points at them
-        rows = [
-            mailstore.message_row(
-                run.account_id,
-                pid,
-                p,
-                blob=blob,
-                internal_date=raw.internal_date,
-                size=raw.size,
-                thread_id=raw.thread_id,
-                at=at,
-            )
+        new = [
+            mailstore.NewMessage(pid, p, blob, raw.internal_date, raw.size, raw.thread_id)
             for (pid, (raw, p)), blob in zip(items, blob_refs, strict=True)
         ]
         with self.db.engine.begin() as conn:
             known = mailstore.messages_by_provider_id(conn, run.account_id, [pid for pid, _ in items])
-            ids = mailstore.write_messages(conn, rows, known, {pid: p for pid, (_r, p) in items})
-            mailstore.upsert_placements(
+            ids = mailstore.write_messages(conn, run.account_id, new, known, at)
+            mailstore.put_placements(
                 conn,
                 [
-                    {
-                        "message_id": ids[pid],
-                        "folder_id": folder_id,
-                        "remote_key": raw.ref.remote_key,
-                        "flags": mailstore.flags_text(raw.flags),
-                    }
+                    (ids[pid], folder_id, raw.ref.remote_key, mailstore.flags_text(raw.flags))
                     for pid, raw in placements_for
                 ],
             )
