@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
 from inboxlink.config import Settings
@@ -59,7 +60,25 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
+# The newest migration. Checked against Alembic's own head by a test, so it cannot drift; it lets
+# every command skip importing Alembic (~0.2 s) when the database is already current.
+HEAD_REVISION = "0001"
+
+
+def _current_revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as conn:
+            value = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+            return str(value) if value is not None else None
+    except OperationalError:
+        return None
+    except ProgrammingError:
+        return None
+
+
 def migrate(engine: Engine) -> None:
+    if _current_revision(engine) == HEAD_REVISION:
+        return
     from alembic import command
     from alembic.config import Config
 

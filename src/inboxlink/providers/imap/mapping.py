@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from inboxlink.domain import FolderRole
+from inboxlink.mime.parse import normalize_message_id
 
 # RFC 6154 SPECIAL-USE attributes.
 _SPECIAL_USE = {
@@ -119,8 +120,8 @@ def parse_uid_set(text: str) -> list[int]:
 
 
 def message_id_from_header(block: bytes) -> str | None:
-    """The Message-ID from a `BODY[HEADER.FIELDS (MESSAGE-ID)]` answer, without angle brackets,
-    normalised as `mime.parse` normalises it."""
+    """The Message-ID from a `BODY[HEADER.FIELDS (MESSAGE-ID)]` answer, normalised exactly as
+    `mime.parse` normalises it (one rule, or identify() and fetch() would disagree)."""
     text = block.decode("utf-8", "replace")
     value: list[str] = []
     found = False
@@ -135,9 +136,7 @@ def message_id_from_header(block: bytes) -> str | None:
             value.append(line.split(":", 1)[1].strip())
     if not found:
         return None
-    mid = " ".join(v for v in value if v).strip()
-    mid = mid.strip("<>").strip() if mid.count("<") <= 1 else mid.split("<", 1)[1].split(">", 1)[0].strip()
-    return mid or None
+    return normalize_message_id(" ".join(v for v in value if v).strip())
 
 
 # -- FETCH responses, fast path ------------------------------------------------------------------
