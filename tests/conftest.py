@@ -43,7 +43,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def dovecot() -> Iterator[Dovecot]:
-    """A private Dovecot (IMAP, IMAPS, LMTP on loopback) shared by the session; see inboxlink.testing.dovecot."""
+    """A private Dovecot (IMAP, IMAPS, LMTP on loopback) for the session: inboxlink.testing.dovecot."""
     if not dovecot_module.is_available():
         _unavailable("dovecot not installed (apt-get install dovecot-imapd dovecot-lmtpd)")
     with Dovecot() as server:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import imaplib
 import re
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
@@ -48,7 +48,7 @@ def server_state(user: MailUser) -> State:
     imap = imaplib.IMAP4(user.host, user.port)
     try:
         imap.login(user.email, user.password)
-        typ, listing = imap.list()
+        _typ, listing = imap.list()
         state: State = {}
         for line in listing:
             assert isinstance(line, bytes)
@@ -60,7 +60,7 @@ def server_state(user: MailUser) -> State:
                 else line.rsplit(b" ", 1)[-1].decode()
             )
             imap.select(f'"{name}"', readonly=True)
-            typ, data = imap.uid("FETCH", "1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+            _typ, data = imap.uid("FETCH", "1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
             folder: dict[str, frozenset[str]] = {}
             for item in data:
                 if not isinstance(item, tuple):

@@ -27,8 +27,15 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 
 def body_for(user: MailUser, **kw: object) -> dict[str, object]:
-    return {"email": user.email, "username": user.email, "password": user.password, "imap_host": user.host,
-            "imap_port": user.port, "security": "none", **kw}
+    return {
+        "email": user.email,
+        "username": user.email,
+        "password": user.password,
+        "imap_host": user.host,
+        "imap_port": user.port,
+        "security": "none",
+        **kw,
+    }
 
 
 def test_account_lifecycle(client: TestClient, dovecot: Dovecot, mail_user: MailUser) -> None:
@@ -52,7 +59,15 @@ def test_account_lifecycle(client: TestClient, dovecot: Dovecot, mail_user: Mail
     assert client.post(f"/api/v1/accounts/{account['id']}/sync").json()["fetched"] == 0
     history = client.get(f"/api/v1/accounts/{account['id']}/transitions").json()
     assert [h["to_status"] for h in history] == [
-        "pending", "syncing", "connected", "syncing", "auth_error", "pending", "syncing", "connected"]
+        "pending",
+        "syncing",
+        "connected",
+        "syncing",
+        "auth_error",
+        "pending",
+        "syncing",
+        "connected",
+    ]
     gone = client.delete(f"/api/v1/accounts/{account['id']}").json()
     assert gone["status"] == "disconnected" and gone["message_count"] == 4
     assert client.post(f"/api/v1/accounts/{account['id']}/sync").json()["status"] == "disconnected"
@@ -86,6 +101,10 @@ def test_api_token(tmp_path: Path) -> None:
 
 def test_openapi_documents_the_routes(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
-    assert {"/api/v1/accounts", "/api/v1/accounts/{account_id}", "/api/v1/accounts/{account_id}/sync",
-            "/api/v1/accounts/{account_id}/transitions"} <= set(spec["paths"])
+    assert {
+        "/api/v1/accounts",
+        "/api/v1/accounts/{account_id}",
+        "/api/v1/accounts/{account_id}/sync",
+        "/api/v1/accounts/{account_id}/transitions",
+    } <= set(spec["paths"])
     assert client.get("/docs").status_code == 200

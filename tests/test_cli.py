@@ -26,8 +26,9 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run(args: list[str], env: dict[str, str], stdin: str | None = None,
-        check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], env: dict[str, str], stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(CLI + args, input=stdin, capture_output=True, text=True, env=env, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}: {proc.stderr}")
@@ -35,9 +36,26 @@ def run(args: list[str], env: dict[str, str], stdin: str | None = None,
 
 
 def pair_args(user: MailUser, port: int | None = None) -> list[str]:
-    return ["pair", "imap", "--email", user.email, "--imap-host", user.host, "--imap-port",
-            str(port or user.port), "--smtp-host", user.host, "--smtp-port", "2525", "--username", user.email,
-            "--security", "none", "--password-stdin", "--json"]
+    return [
+        "pair",
+        "imap",
+        "--email",
+        user.email,
+        "--imap-host",
+        user.host,
+        "--imap-port",
+        str(port or user.port),
+        "--smtp-host",
+        user.host,
+        "--smtp-port",
+        "2525",
+        "--username",
+        user.email,
+        "--security",
+        "none",
+        "--password-stdin",
+        "--json",
+    ]
 
 
 def test_pair_sync_accounts_contract(tmp_path: Path, dovecot: Dovecot, mail_user: MailUser) -> None:
@@ -86,8 +104,9 @@ def _count(db: Path) -> int:
 
 
 @pytest.mark.parametrize("kill_at", [0, 200, 900, 1900])
-def test_kill_9_mid_sync_then_resume_is_exact(tmp_path: Path, dovecot: Dovecot, mail_user: MailUser,
-                                              kill_at: int) -> None:
+def test_kill_9_mid_sync_then_resume_is_exact(
+    tmp_path: Path, dovecot: Dovecot, mail_user: MailUser, kill_at: int
+) -> None:
     """A sync killed at any point (before the first row; mid-folder; between folders) leaves a
     database from which the next run reaches exactly the server's set."""
     raws = list(generate(2400, seed=11))
@@ -97,8 +116,9 @@ def test_kill_9_mid_sync_then_resume_is_exact(tmp_path: Path, dovecot: Dovecot, 
     home = tmp_path / "home"
     env = env_for(home)
     account = json.loads(run(pair_args(mail_user), env, stdin=mail_user.password + "\n").stdout)["id"]
-    proc = subprocess.Popen(CLI + ["sync", account, "--once", "--json"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*CLI, "sync", account, "--once", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 120
     while _count(home / "inboxlink.db") < kill_at and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -128,8 +148,9 @@ def test_serve_keeps_accounts_in_sync(tmp_path: Path, dovecot: Dovecot, mail_use
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(CLI + ["serve", "--port", str(port)], env=env, stdout=log, stderr=log)
+    proc = subprocess.Popen([*CLI, "serve", "--port", str(port)], env=env, stdout=log, stderr=log)
     try:
+
         def account_json() -> dict[str, object]:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/accounts/{account}", timeout=5) as r:
                 return dict(json.load(r))

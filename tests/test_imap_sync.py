@@ -22,15 +22,22 @@ from tests.support import imap_session, local_state, make_message, message_rows,
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def rt(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runtime]:
     url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
-    runtime = Runtime.open(Settings(home=tmp_path / "home", database_url=url, allow_private_hosts=True,
-                                    backoff_attempts_before_error=2))
+    runtime = Runtime.open(
+        Settings(
+            home=tmp_path / "home",
+            database_url=url,
+            allow_private_hosts=True,
+            backoff_attempts_before_error=2,
+        )
+    )
     yield runtime
     runtime.close()
 
 
 def config_for(user: MailUser, **kw: object) -> ImapConfig:
-    base: dict[str, object] = dict(email=user.email, imap_host=user.host, imap_port=user.port,
-                                   username=user.email, security="none")
+    base: dict[str, object] = dict(
+        email=user.email, imap_host=user.host, imap_port=user.port, username=user.email, security="none"
+    )
     base.update(kw)
     return ImapConfig(**base)  # type: ignore[arg-type]
 
@@ -57,7 +64,9 @@ def assert_in_sync(rt: Runtime, account_id: str, user: MailUser) -> None:
     assert len(rows) == len(set(rows)) == len(distinct)
 
 
-def test_full_sync_equals_server_and_second_sync_adds_nothing(rt: Runtime, dovecot: Dovecot, mail_user: MailUser) -> None:
+def test_full_sync_equals_server_and_second_sync_adds_nothing(
+    rt: Runtime, dovecot: Dovecot, mail_user: MailUser
+) -> None:
     fill(dovecot, mail_user)
     account = pair(rt, mail_user)
     report = rt.engine.sync(account)
@@ -74,8 +83,9 @@ def test_full_sync_equals_server_and_second_sync_adds_nothing(rt: Runtime, dovec
 
 
 @pytest.mark.parametrize("caps", ["qresync", "condstore-only", "plain"])
-def test_incremental_add_flag_expunge_move(rt: Runtime, dovecot: Dovecot, mail_user: MailUser, caps: str,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_incremental_add_flag_expunge_move(
+    rt: Runtime, dovecot: Dovecot, mail_user: MailUser, caps: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same changes are found whichever extensions the server offers: QRESYNC, CONDSTORE only,
     or neither (a UID/flags diff)."""
     from inboxlink.providers.imap import provider as imap_provider
@@ -112,8 +122,9 @@ def test_incremental_add_flag_expunge_move(rt: Runtime, dovecot: Dovecot, mail_u
     assert report.messages == 120 + 1 - 2
 
 
-def test_uidvalidity_change_makes_no_duplicate_and_downloads_nothing(rt: Runtime, dovecot: Dovecot,
-                                                                     mail_user: MailUser) -> None:
+def test_uidvalidity_change_makes_no_duplicate_and_downloads_nothing(
+    rt: Runtime, dovecot: Dovecot, mail_user: MailUser
+) -> None:
     fill(dovecot, mail_user)
     account = pair(rt, mail_user)
     rt.engine.sync(account)
@@ -125,8 +136,9 @@ def test_uidvalidity_change_makes_no_duplicate_and_downloads_nothing(rt: Runtime
     assert_in_sync(rt, account, mail_user)
 
 
-def test_password_change_then_repair_resumes_without_downloading(rt: Runtime, dovecot: Dovecot,
-                                                                 mail_user: MailUser) -> None:
+def test_password_change_then_repair_resumes_without_downloading(
+    rt: Runtime, dovecot: Dovecot, mail_user: MailUser
+) -> None:
     fill(dovecot, mail_user)
     account = pair(rt, mail_user)
     rt.engine.sync(account)
@@ -163,7 +175,7 @@ def test_repair_with_another_mailbox_is_refused(rt: Runtime, dovecot: Dovecot, m
 def test_pairing_errors_are_clear_and_store_nothing(rt: Runtime, mail_user: MailUser) -> None:
     with pytest.raises(AuthError, match="rejected the username or password"):
         pair(rt, mail_user, password="wrong")
-    with pytest.raises(TransientError, match="cannot connect to IMAP server 127.0.0.1:1"):
+    with pytest.raises(TransientError, match=r"cannot connect to IMAP server 127\.0\.0\.1:1"):
         rt.accounts.pair_imap(config_for(mail_user, imap_port=1), mail_user.password)
     strict = Runtime.open(rt.settings.model_copy(update={"allow_private_hosts": False}))
     try:
@@ -174,7 +186,9 @@ def test_pairing_errors_are_clear_and_store_nothing(rt: Runtime, mail_user: Mail
     assert rt.accounts.all() == []
 
 
-def test_unreachable_server_backs_off_then_connect_error(rt: Runtime, dovecot: Dovecot, mail_user: MailUser) -> None:
+def test_unreachable_server_backs_off_then_connect_error(
+    rt: Runtime, dovecot: Dovecot, mail_user: MailUser
+) -> None:
     account = pair(rt, mail_user)
     rt.engine.sync(account)
     from sqlalchemy import update
@@ -183,8 +197,9 @@ def test_unreachable_server_backs_off_then_connect_error(rt: Runtime, dovecot: D
 
     with rt.db.engine.begin() as conn:
         row = conn.execute(accounts.select().where(accounts.c.id == account)).one()
-        conn.execute(update(accounts).where(accounts.c.id == account)
-                     .values(config={**row.config, "imap_port": 1}))
+        conn.execute(
+            update(accounts).where(accounts.c.id == account).values(config={**row.config, "imap_port": 1})
+        )
     slept: list[float] = []
     report = rt.engine.sync(account, attempts=3, sleep=slept.append)
     assert report.status == AccountStatus.CONNECT_ERROR
@@ -194,8 +209,7 @@ def test_unreachable_server_backs_off_then_connect_error(rt: Runtime, dovecot: D
     assert view.last_error and view.message_count == 0
     # connect_error is retried: once the server is back, the account comes back by itself
     with rt.db.engine.begin() as conn:
-        conn.execute(update(accounts).where(accounts.c.id == account)
-                     .values(config={**row.config}))
+        conn.execute(update(accounts).where(accounts.c.id == account).values(config={**row.config}))
     assert rt.engine.sync(account).status == "connected"
 
 
@@ -221,4 +235,3 @@ def test_headers_only_then_full(rt: Runtime, dovecot: Dovecot, mail_user: MailUs
         rows = conn.execute(select(messages.c.headers_only)).all()
     assert not any(r.headers_only for r in rows)
     assert_in_sync(rt, account, mail_user)
-

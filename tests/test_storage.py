@@ -30,8 +30,15 @@ def test_migrations_create_the_schema(backend: str, tmp_path: Path, request: pyt
     db = open_database(settings)
     try:
         tables = set(inspect(db.engine).get_table_names())
-        assert {"accounts", "account_transitions", "folders", "messages", "placements",
-                "message_addresses", "alembic_version"} <= tables
+        assert {
+            "accounts",
+            "account_transitions",
+            "folders",
+            "messages",
+            "placements",
+            "message_addresses",
+            "alembic_version",
+        } <= tables
         assert _current_revision(db.engine) == HEAD_REVISION
         if backend == "sqlite":
             with db.engine.connect() as conn:

@@ -39,6 +39,12 @@ def simple(subject: str, date: str = "Tue, 02 Jan 2024 10:00:00 +0100") -> bytes
     ).encode()
 
 
+def untagged_number(client: imaplib.IMAP4, name: str) -> int:
+    value = client.untagged_responses[name][0]
+    assert isinstance(value, bytes)
+    return int(value)
+
+
 def fetch_all(client: imaplib.IMAP4, folder: str, items: str) -> list[tuple[bytes, bytes]]:
     """UID FETCH 1:* in `folder`: (metadata, literal or b"") per message."""
     typ, _ = client.select(f'"{folder}"', readonly=True)
@@ -59,15 +65,20 @@ def fetch_all(client: imaplib.IMAP4, folder: str, items: str) -> list[tuple[byte
 # ----------------------------------------------------------------------------- Dovecot
 
 
+def assert_login_fails(user: MailUser, email_address: str, password: str) -> None:
+    client = imaplib.IMAP4(user.host, user.port, timeout=10)
+    try:
+        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+            client.login(email_address, password)
+    finally:
+        client.logout()
+
+
 def test_login_and_wrong_password(mail_user: MailUser) -> None:
     with connect(mail_user) as client:
         assert client.state == "AUTH"
-    with imaplib.IMAP4(mail_user.host, mail_user.port, timeout=10) as client:
-        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
-            client.login(mail_user.email, mail_user.password + "x")
-    with imaplib.IMAP4(mail_user.host, mail_user.port, timeout=10) as client:
-        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
-            client.login("nobody-here@inboxlink.test", "whatever")
+    assert_login_fails(mail_user, mail_user.email, mail_user.password + "x")
+    assert_login_fails(mail_user, "nobody-here@inboxlink.test", "whatever")
 
 
 def test_capabilities_after_login(mail_user: MailUser) -> None:
@@ -82,9 +93,16 @@ def test_special_use_folders(mail_user: MailUser) -> None:
     with connect(mail_user) as client:
         typ, data = client.list()
     assert typ == "OK"
-    listed = {line.decode().rsplit(" ", 1)[-1].strip('"'): line.decode() for line in data if isinstance(line, bytes)}
-    for name, flag in {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
-                       "Archive": "\\Archive"}.items():
+    listed = {
+        line.decode().rsplit(" ", 1)[-1].strip('"'): line.decode() for line in data if isinstance(line, bytes)
+    }
+    for name, flag in {
+        "Sent": "\\Sent",
+        "Drafts": "\\Drafts",
+        "Trash": "\\Trash",
+        "Junk": "\\Junk",
+        "Archive": "\\Archive",
+    }.items():
         assert flag in listed[name]
     assert "INBOX" in listed
 
@@ -96,13 +114,15 @@ def test_qresync_select_reports_modseq(dovecot: Dovecot, mail_user: MailUser) ->
         assert typ == "OK"
         typ, data = client.select("INBOX")
         assert (typ, data) == ("OK", [b"2"])
-        assert int(client.untagged_responses["HIGHESTMODSEQ"][0]) >= 1
+        assert untagged_number(client, "HIGHESTMODSEQ") >= 1
 
 
 def test_written_messages_visible_with_flags(dovecot: Dovecot, mail_user: MailUser) -> None:
     raws = [simple(f"message {i}", f"Tue, 0{1 + i} Jan 2024 1{i}:00:00 +0000") for i in range(5)]
     dovecot.write_messages(mail_user.email, "INBOX", raws[:3], "\\Seen")
-    dovecot.write_messages(mail_user.email, "Archive", [(raws[3], "\\Flagged \\Answered $Forwarded"), (raws[0], "RS")])
+    dovecot.write_messages(
+        mail_user.email, "Archive", [(raws[3], "\\Flagged \\Answered $Forwarded"), (raws[0], "RS")]
+    )
     with pytest.raises(ValueError, match="maildir flag letters"):
         dovecot.write_messages(mail_user.email, "Archive", [raws[0]], flags="SA")
     dovecot.create_folder(mail_user.email, "Projects.Acme")
@@ -117,15 +137,17 @@ def test_written_messages_visible_with_flags(dovecot: Dovecot, mail_user: MailUs
             assert body == raws[uid - 1]  # stored with LF, served with CRLF: byte for byte
         assert b'INTERNALDATE "01-Jan-2024 10:00:00 +0000"' in inbox[0][0]  # from the Date header
 
-        typ, data = client.select('"Archive"', readonly=True)
-        typ, data = client.uid("FETCH", "1:*", "(FLAGS)")
+        client.select('"Archive"', readonly=True)
+        _, data = client.uid("FETCH", "1:*", "(FLAGS)")
         flags = data[0].decode()
-        assert "\\Flagged" in flags and "\\Answered" in flags and "$Forwarded" in flags and "\\Seen" not in flags
+        assert (
+            "\\Flagged" in flags and "\\Answered" in flags and "$Forwarded" in flags and "\\Seen" not in flags
+        )
         assert "\\Seen" in data[1].decode() and "\\Answered" in data[1].decode()  # maildir letters "RS"
 
         nested = fetch_all(client, "Projects.Acme", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
         assert [body for _, body in nested] == [b"Subject: message 4\r\n\r\n"]
-        typ, data = client.lsub()
+        _, data = client.lsub()
         assert any(b"Projects.Acme" in line for line in data if isinstance(line, bytes))
 
 
@@ -164,7 +186,7 @@ def test_change_uidvalidity(dovecot: Dovecot, mail_user: MailUser) -> None:
     def uidvalidity() -> int:
         with connect(mail_user) as client:
             client.select("INBOX", readonly=True)
-            return int(client.untagged_responses["UIDVALIDITY"][0])
+            return untagged_number(client, "UIDVALIDITY")
 
     before = uidvalidity()
     after = dovecot.change_uidvalidity(mail_user.email, "INBOX")
@@ -178,9 +200,7 @@ def test_set_password(dovecot: Dovecot, mail_user: MailUser) -> None:
     with connect(mail_user):
         pass
     updated = dovecot.set_password(mail_user.email, "a new password: with spaces")
-    with imaplib.IMAP4(mail_user.host, mail_user.port, timeout=10) as client:
-        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
-            client.login(mail_user.email, mail_user.password)
+    assert_login_fails(mail_user, mail_user.email, mail_user.password)
     with connect(updated) as client:
         assert client.state == "AUTH"
 
@@ -189,9 +209,12 @@ def test_imaps_with_generated_ca(dovecot: Dovecot, mail_user: MailUser) -> None:
     context = ssl.create_default_context(cafile=str(dovecot.ca_cert_path))
     with imaplib.IMAP4_SSL(mail_user.host, mail_user.imaps_port, ssl_context=context, timeout=10) as client:
         client.login(mail_user.email, mail_user.password)
+        assert isinstance(client.sock, ssl.SSLSocket)
         assert client.sock.version() in {"TLSv1.2", "TLSv1.3"}
     with pytest.raises(ssl.SSLCertVerificationError):
-        imaplib.IMAP4_SSL(mail_user.host, mail_user.imaps_port, ssl_context=ssl.create_default_context(), timeout=10)
+        imaplib.IMAP4_SSL(
+            mail_user.host, mail_user.imaps_port, ssl_context=ssl.create_default_context(), timeout=10
+        )
 
 
 def test_private_dovecot_starts_fast_and_stops_cleanly() -> None:
@@ -269,7 +292,7 @@ def parse_problems(raw: bytes) -> list[str]:
                 problems.append(f"undecodable {name}")
         for part in message.walk():
             if not part.is_multipart():
-                part.get_content()  # type: ignore[attr-defined]
+                part.get_content()
             problems += [type(defect).__name__ for defect in part.defects]
     except Exception as exc:  # any crash of the parser is a problem to report
         problems.append(repr(exc))
@@ -316,8 +339,18 @@ def test_mailgen_mix_and_sizes() -> None:
     assert attachments[0] > 5 * 1024
     assert 1_500_000 < attachments[-1] < 3_500_000  # a long tail up to about 2 MB per file
     raws = b"".join(m.raw[:3000] for m in messages)
-    for needle in (b"iso-2022-jp", b"koi8-r", b"iso-8859-1", b"windows-1252", b"quoted-printable", b"base64",
-                   b"text/calendar", b"List-Unsubscribe:", b"In-Reply-To:", b"References:"):
+    for needle in (
+        b"iso-2022-jp",
+        b"koi8-r",
+        b"iso-8859-1",
+        b"windows-1252",
+        b"quoted-printable",
+        b"base64",
+        b"text/calendar",
+        b"List-Unsubscribe:",
+        b"In-Reply-To:",
+        b"References:",
+    ):
         assert needle in raws, needle
 
 

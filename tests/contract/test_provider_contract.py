@@ -35,12 +35,20 @@ class ImapHarness:
     user: MailUser
 
     def _config(self, port: int | None = None) -> ImapConfig:
-        return ImapConfig(email=self.user.email, imap_host=self.user.host, imap_port=port or self.user.port,
-                          username=self.user.email, security="none")
+        return ImapConfig(
+            email=self.user.email,
+            imap_host=self.user.host,
+            imap_port=port or self.user.port,
+            username=self.user.email,
+            security="none",
+        )
 
     def provider(self, *, password: str | None = None) -> MailProvider:
-        return ImapProvider(self._config(), password or self.user.password,
-                            ConnectOptions(allow_private_hosts=True, timeout=10))
+        return ImapProvider(
+            self._config(),
+            password or self.user.password,
+            ConnectOptions(allow_private_hosts=True, timeout=10),
+        )
 
     def unreachable(self) -> MailProvider:
         return ImapProvider(self._config(port=1), "x", ConnectOptions(allow_private_hosts=True, timeout=5))
@@ -149,7 +157,8 @@ def test_full_then_incremental(harness: Harness) -> None:
         flagged = [r for r in cs.upserts if r.flags is not None and "\\Flagged" in r.flags]
         assert len(flagged) >= 2
         gone = {k for _f, k in cs.removed} | (
-            {r.remote_key for r in refs} - set(cs.present) if cs.present is not None else set())
+            {r.remote_key for r in refs} - set(cs.present) if cs.present is not None else set()
+        )
         assert gone == {refs[0].remote_key}
     finally:
         p.close()

@@ -103,7 +103,6 @@ _NOFILE = 65536
 # IMAP flag -> maildir info letter (must be written in ASCII order after ":2,").
 _MAILDIR_LETTERS = "DFPRST"
 _SYSTEM_FLAG_LETTERS = {"\\draft": "D", "\\flagged": "F", "\\answered": "R", "\\seen": "S", "\\deleted": "T"}
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _DATE_HEADER = re.compile(rb"^Date:[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE)
 
 # string.Template: `${name}` placeholders, nothing else of Dovecot's syntax collides with `$`.
@@ -352,8 +351,8 @@ def _maildir_letters(flags: str | Iterable[str]) -> tuple[str, list[str]]:
 
 def _internal_date(raw: bytes) -> float | None:
     """The Date header as a POSIX timestamp (Maildir INTERNALDATE is the file's mtime)."""
-    end = _HEADER_END.search(raw)
-    header = raw[: end.start()] if end else raw
+    ends = [i for i in (raw.find(b"\n\n"), raw.find(b"\r\n\r\n")) if i >= 0]
+    header = raw[: min(ends)] if ends else raw
     match = _DATE_HEADER.search(header)
     if match is None:
         return None
@@ -580,7 +579,9 @@ class Dovecot:
             if self._process is not None and self._process.poll() is not None:
                 raise DovecotError(f"dovecot exited with {self._process.returncode}:\n{self._diagnostics()}")
             if time.monotonic() > deadline:
-                raise DovecotError(f"dovecot did not come up in {self.start_timeout}s:\n{self._diagnostics()}")
+                raise DovecotError(
+                    f"dovecot did not come up in {self.start_timeout}s:\n{self._diagnostics()}"
+                )
             for port, greeting in list(pending.items()):
                 if _greets(self.host, port, greeting):
                     del pending[port]
@@ -730,8 +731,9 @@ class Dovecot:
     def mailbox_status(self, email_address: str, folder: str, *fields: str) -> dict[str, str]:
         """`doveadm mailbox status` for one folder: e.g. fields ("messages", "uidvalidity", "uidnext")."""
         wanted = fields or ("messages", "uidvalidity", "uidnext", "highestmodseq")
-        out = self.doveadm("-f", "flow", "mailbox", "status", "-u", self.user(email_address).email,
-                           " ".join(wanted), folder)
+        out = self.doveadm(
+            "-f", "flow", "mailbox", "status", "-u", self.user(email_address).email, " ".join(wanted), folder
+        )
         return dict(pair.split("=", 1) for pair in out.split() if "=" in pair)
 
     def change_uidvalidity(self, email_address: str, folder: str, uidvalidity: int | None = None) -> int:
@@ -758,9 +760,10 @@ class Dovecot:
         """Write messages straight into `folder`'s Maildir/cur (fast; no IMAP APPEND).
 
         Each item is raw RFC 5322 bytes (taking `flags`) or (raw, flags); flags are IMAP flags
-        ("\\Seen \\Flagged", keywords such as "$Forwarded" too) or maildir letters ("S", "FRS"). CRLF is stored as LF, as Dovecot's
-        own delivery does, unless `lf_line_endings` is False. UIDs follow the order of `messages`;
-        INTERNALDATE is the message's Date header (or now). Returns the paths written.
+        ("\\Seen \\Flagged", keywords such as "$Forwarded" too) or maildir letters ("S", "FRS").
+        CRLF is stored as LF, as Dovecot's own delivery does, unless `lf_line_endings` is False.
+        UIDs follow the order of `messages`; INTERNALDATE is the message's Date header (or now).
+        Returns the paths written.
         """
         user = self.user(email_address)
         directory = self.create_folder(user.email, folder)
@@ -769,14 +772,15 @@ class Dovecot:
         written: list[Path] = []
         tmp_dir, cur_dir = directory / "tmp", directory / "cur"
         for item in messages:
-            raw, (letters, keywords) = (item, default) if isinstance(item, bytes) else (
-                item[0], _maildir_letters(item[1]))
+            raw, (letters, keywords) = (
+                (item, default) if isinstance(item, bytes) else (item[0], _maildir_letters(item[1]))
+            )
             if lf_line_endings:
                 raw = raw.replace(b"\r\n", b"\n")
             if keywords:
                 letters += keyword_letters.letters(keywords)
-            size = len(raw)
-            vsize = size + raw.count(b"\n") - raw.count(b"\r\n")
+            size = len(raw)  # S= and W= (size with CRLF) spare Dovecot from reading the file for sizes
+            vsize = size + raw.count(b"\n") - (raw.count(b"\r\n") if b"\r" in raw else 0)
             sequence = next(self._queue)
             base = (
                 f"{self._name_time + sequence // 1_000_000}.M{sequence % 1_000_000}P{os.getpid()}"
@@ -841,7 +845,8 @@ class _KeywordFile:
                 if not free:
                     raise ValueError("a Maildir folder holds at most 26 keywords")
                 index = free[0]
-                self.names[index] = by_name[keyword] = keyword
+                self.names[index] = keyword
+                by_name[keyword] = index
                 self.dirty = True
             out.append(chr(ord("a") + index))
         return "".join(sorted(out))

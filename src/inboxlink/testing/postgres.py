@@ -158,9 +158,8 @@ class Postgres:
             **kwargs,  # type: ignore[call-overload]
         )
         if result.returncode != 0:
-            raise PostgresError(
-                f"{Path(args[0]).name} exited {result.returncode}: {result.stderr.strip() or result.stdout.strip()}"
-            )
+            output = result.stderr.strip() or result.stdout.strip()
+            raise PostgresError(f"{Path(args[0]).name} exited {result.returncode}: {output}")
         return str(result.stdout)
 
     def _tool(self, name: str) -> str:
@@ -179,15 +178,43 @@ class Postgres:
             self._dir.chmod(0o755)
             if self._as is not None:
                 os.chown(self._dir, *self._as)
-            self._run([self._tool("initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", self.user,
-                       "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"])
+            self._run(
+                [
+                    self._tool("initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-A",
+                    "trust",
+                    "-U",
+                    self.user,
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                    "--no-instructions",
+                ]
+            )
             (self._port,) = free_ports(1, self.host)
             options = (
                 f"-k {self.socket_dir} -p {self._port} -h {self.host} -c fsync=off -c synchronous_commit=off "
                 "-c full_page_writes=off -c max_connections=200"
             )
-            self._run([self._tool("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path),
-                       "-o", options, "-w", "-t", "60", "start"], timeout=90)
+            self._run(
+                [
+                    self._tool("pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_path),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+                timeout=90,
+            )
             self._started = True
         except BaseException as exc:
             log = ""
@@ -214,19 +241,64 @@ class Postgres:
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL with psql (unaligned, tuples only) and return its output."""
-        return self._run([self._tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                          "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", database, "-c", sql])
+        return self._run(
+            [
+                self._tool("psql"),
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-d",
+                database,
+                "-c",
+                sql,
+            ]
+        )
 
     def create_database(self, name: str) -> str:
         """Create an empty database `name` (lower-case identifier) and return its SQLAlchemy URL."""
         if not _DB_NAME.fullmatch(name):
             raise ValueError(f"not a plain database name: {name!r}")
-        self._run([self._tool("createdb"), "-h", self.host, "-p", str(self.port), "-U", self.user,
-                   "-T", "template0", "-E", "UTF8", name])
+        self._run(
+            [
+                self._tool("createdb"),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-T",
+                "template0",
+                "-E",
+                "UTF8",
+                name,
+            ]
+        )
         return self.url_for(name)
 
     def drop_database(self, name: str) -> None:
         if not _DB_NAME.fullmatch(name):
             raise ValueError(f"not a plain database name: {name!r}")
-        self._run([self._tool("dropdb"), "-h", self.host, "-p", str(self.port), "-U", self.user,
-                   "--if-exists", "--force", name])
+        self._run(
+            [
+                self._tool("dropdb"),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "--if-exists",
+                "--force",
+                name,
+            ]
+        )
