@@ -3,21 +3,26 @@
 `Dovecot` runs a real Dovecot 2.3 (the Debian ``dovecot-imapd`` + ``dovecot-lmtpd`` packages) that
 belongs to one test session or one benchmark, isolated from any system instance:
 
-    Dovecot().start()
-      ├── mkdtemp  ROOT/                       every directory we create is mode 755: the auth
-      │     ├── dovecot.conf                   process runs as `dovecot` and must traverse them
-      │     ├── cert.pem key.pem               self-signed, CN / DNS SAN / IP SAN = 127.0.0.1
-      │     ├── passwd.d/<email>               passwd-file passdb + userdb, a file per user
-      │     ├── run/ (base_dir, master.pid)    sockets and pid file of this instance only
-      │     ├── state/ (state_dir)  dovecot.log
+    Dovecot().start()                              (about 0.1 s)
+      ├── mkdtemp ROOT/                        every directory we create is mode 755: the auth
+      │     ├── dovecot.conf  dovecot.log      process runs as `dovecot` and must traverse them
+      │     ├── cert.pem key.pem               self-signed; CN, DNS SAN and IP SAN are 127.0.0.1
+      │     ├── passwd.d/<email>               passwd-file passdb + userdb, one file per user
+      │     ├── run/                           base_dir: sockets, master.pid
+      │     ├── state/                         state_dir
       │     └── home/<email>/Maildir/          maildir++ layout: folders are Maildir/.<Name>/
-      ├── choose free loopback ports: IMAP (plaintext), IMAPS (implicit TLS), LMTP (TCP)
+      ├── free loopback ports for IMAP (plaintext), IMAPS (implicit TLS) and LMTP (TCP)
       ├── render CONFIG_TEMPLATE (Dovecot config files cannot read the environment)
-      ├── spawn `dovecot -F -c ROOT/dovecot.conf` with RLIMIT_NOFILE raised (preexec_fn)
-      └── wait until the IMAP port sends its greeting and the other ports accept
+      ├── spawn `dovecot -F -c ROOT/dovecot.conf`, RLIMIT_NOFILE raised to 65536 in preexec_fn
+      └── wait until the IMAP port greets and the IMAPS and LMTP ports accept
 
-    stop(): SIGTERM to the PID in run/master.pid (never by process name), wait for the master and for
-    every process it had forked, SIGKILL stragglers after a grace period, delete ROOT.
+    stop()                                         (about 0.1 s; nothing is left running)
+      ├── SIGTERM to the master's children that run as the mail user (imap/lmtp sessions): on
+      │   SIGTERM the master would leave a process that serves a connected client running
+      ├── SIGTERM to the PID in run/master.pid (never by process name); once only its log process
+      │   is left the master just sleeps a fixed second before exiting, so it is SIGKILLed then
+      ├── SIGKILL anything it had forked that is still alive after a grace period
+      └── delete ROOT (unless keep_dir=True)
 
 Running as root (CI, this dev box): Dovecot refuses to read mail as root and rejects UID 0 in a
 passwd-file, so every mail user is ``nobody`` (65534:65534) and the files we write are chowned to it.
@@ -26,27 +31,33 @@ no chroot), and mail belongs to the current user.
 
 What the configuration gives a client (see CONFIG_TEMPLATE):
 
-- CONDSTORE, QRESYNC, IDLE (Dovecot's defaults) and SPECIAL-USE, with auto-subscribed Sent, Drafts,
-  Trash, Junk and Archive folders; hierarchy separator ``.`` by default (Dovecot's maildir default;
-  pass ``separator="/"`` for the other common one);
-- LOGIN / AUTHENTICATE PLAIN on the plaintext port (``disable_plaintext_auth = no``; loopback only),
-  no failure delay, ``NO [AUTHENTICATIONFAILED]`` for a wrong password;
-- headroom for ``max_connections`` concurrent sessions (1,200 by default; one user may hold them all
-  from one IP): imap ``process_limit``, ``mail_max_userip_connections``, client limits of
-  2N + 100 for the defaults, anvil and auth, imap-login in high-performance mode
-  (``service_count = 0``) and ``ulimit -n`` 65536 for the master. For more than 128 IDLE sessions
-  with instant notification also raise the kernel's inotify limit (`raise_inotify_instances`): all
-  mail processes run as one UID here, and past ``fs.inotify.max_user_instances`` (128 by default)
-  Dovecot falls back to polling (``mailbox_idle_check_interval``, 30 s).
+- CONDSTORE, QRESYNC, IDLE (Dovecot's defaults) and SPECIAL-USE with auto-subscribed Sent, Drafts,
+  Trash, Junk and Archive; hierarchy separator ``.`` (Dovecot's maildir default; ``separator="/"``
+  for the other common one). Folder names in this API are IMAP names with that separator.
+- LOGIN and AUTHENTICATE PLAIN/LOGIN on the plaintext port (``disable_plaintext_auth = no``,
+  loopback only; STARTTLS is offered too). A wrong password gets ``NO [AUTHENTICATIONFAILED]``
+  within 0.5 s (``auth_failure_delay = 0``; Dovecot flushes failures on a 0.5 s timer) and repeated
+  failures are not penalised (the anvil auth-penalty socket is disabled), so tests may fail logins.
+- Headroom for ``max_connections`` concurrent sessions (1,200 by default; one user may hold all of
+  them from one IP): imap ``process_limit`` and ``mail_max_userip_connections`` N, client limits
+  2N + 100 for the default, anvil, auth and imap-login, imap-login in high-performance mode
+  (``service_count = 0``), ``ulimit -n`` 65536. For more than 128 IDLE sessions with instant
+  notification raise the kernel's inotify limit too (`raise_inotify_instances`): all mail processes
+  run as one UID here, and past ``fs.inotify.max_user_instances`` (default 128) Dovecot falls back
+  to polling (``mailbox_idle_check_interval``, 30 s).
+
+Users: `add_user` writes the user's own passwd-file, read at the next login. `set_password` takes
+up to a second: Dovecot's auth process stats a passwd-file at most once per second.
 
 Mail goes in three ways:
 
-- `write_messages` writes Maildir files directly (tmp/ then rename into cur/): thousands per second,
-  UIDs assigned in write order, INTERNALDATE taken from each message's Date header;
+- `write_messages` writes Maildir files directly (tmp/, then rename into cur/): about 2,500
+  messages/s on this machine's disk; UIDs follow the order written; INTERNALDATE is the message's
+  Date header; S= and W= sizes are in the file names so Dovecot need not read files for sizes;
 - `deliver_lmtp` delivers through Dovecot's LMTP listener, as an MTA does (new mail, IDLE pushes);
 - `doveadm` runs any doveadm command against this instance (expunge, flag changes, renames ...).
 
-`change_uidvalidity` uses ``doveadm mailbox update --uid-validity``; a client sees the new
+`change_uidvalidity` runs ``doveadm mailbox update --uid-validity``; a client sees the new
 UIDVALIDITY at its next SELECT.
 """
 

@@ -171,9 +171,9 @@ _COMPANIES = _words(
     """
 brightwave.io northwind-traders.com kestrel-logistics.de acumen-partners.co.uk bluefin-analytics.com
 meridian-health.org lumen-studio.fr orbital-dynamics.com cedar-capital.com harbor-freight-lines.com
-tessellate.ai quarry-systems.com silverline-media.com vantage-realty.com pinecrest-foods.com atlas-
-engineering.de nordlys.no stellar-insurance.com greenfield-energy.com copperleaf.io ironbridge-
-consulting.com sunday-labs.com redwood-legal.com polaris-biotech.com
+tessellate.ai quarry-systems.com silverline-media.com vantage-realty.com pinecrest-foods.com
+atlas-engineering.de nordlys.no stellar-insurance.com greenfield-energy.com copperleaf.io
+ironbridge-consulting.com sunday-labs.com redwood-legal.com polaris-biotech.com
 """
 )
 _FREEMAIL = _words(
