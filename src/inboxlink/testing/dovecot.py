@@ -503,16 +503,23 @@ class Dovecot:
         binary = _find_binary("dovecot")
         if binary is None or _find_binary("doveadm") is None:
             raise DovecotError("dovecot/doveadm not installed (Debian: dovecot-imapd dovecot-lmtpd)")
-        root = Path(tempfile.mkdtemp(prefix="inboxlink-dovecot-", dir=self._root_parent))
-        self._dir = root
-        try:
-            self._prepare(root)
-            self._spawn(binary)
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        for attempt in range(3):
+            root = Path(tempfile.mkdtemp(prefix="inboxlink-dovecot-", dir=self._root_parent))
+            self._dir = root
+            try:
+                self._prepare(root)
+                self._spawn(binary)
+                self._wait_ready()
+                return self
+            except DovecotError as exc:
+                self.stop()
+                # a free port can be taken by someone else before Dovecot binds it: choose again
+                if "Address already in use" not in str(exc) or attempt == 2:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def _prepare(self, root: Path) -> None:
         for directory in (root, self.base_dir, self.state_dir, self.homes_dir, self.passwd_dir):

@@ -16,16 +16,18 @@ Mix, by count (each message has one body shape):
      1 %  forwarded message/rfc822
      1 %  multipart/related                html with an inline (cid:) image
 
-Across shapes: ~30 % are replies in threads (Re: subject, In-Reply-To, References, quoted text),
-~8 % is list mail (List-Id, List-Unsubscribe, Precedence: bulk), ~15 % are sent by the owner
-(`GeneratedMessage.outgoing`, no Received/DKIM headers: what a Sent folder holds), and one message in
-a thousand (index % 1000 == 499) is deliberately malformed, cycling through `MALFORMED_KINDS`:
-charset "unknown-8bit", base64 that does not decode, no Message-ID, a multipart whose parts use
-another boundary, raw 8-bit bytes in the Subject. Message-IDs are unique except the missing ones.
+Across shapes: ~25 % are replies in threads (Re:/Fwd: subject, In-Reply-To, References, quoted
+text), ~9 % is list mail (List-Id, List-Unsubscribe, Precedence: bulk), `outgoing_ratio` (15 %) of
+the rest is sent by the owner (`GeneratedMessage.outgoing`: no Received/DKIM headers, what a Sent
+folder holds), and one message in a thousand (index % 1000 == 499) is deliberately malformed,
+cycling through `MALFORMED_KINDS`: charset "unknown-8bit" (the stdlib raises LookupError), base64
+with invalid characters, no Message-ID, a multipart whose parts use an undeclared boundary, raw
+8-bit bytes in the Subject. Message-IDs are unique except the missing ones.
 
-Sizes: about 27 KB per message on average (20,000 messages ≈ 550 MB), set by the attachments'
-log-normal size distribution. Speed: attachment payloads are slices of one pre-encoded random
-block and text comes from pre-built paragraphs, so 20,000 messages take a few seconds.
+Sizes: about 27 KB per message on average, median about 4 KB (seed 1: 20,000 messages are 541 MB
+as generated with CRLF, 516 MB in a Maildir with LF), set by the attachments' log-normal size
+distribution (5 KB to 2 MB per file). Speed: attachment payloads are slices of one pre-encoded
+random block and text comes from pre-built paragraphs: 20,000 messages take about 4 s.
 
 `build_maildir(dovecot, email, n, seed)` writes such a mailbox into a private Dovecot's user, spread
 over folders with realistic flags.

@@ -194,27 +194,22 @@ class Postgres:
                     "--no-instructions",
                 ]
             )
-            (self._port,) = free_ports(1, self.host)
-            options = (
-                f"-k {self.socket_dir} -p {self._port} -h {self.host} -c fsync=off -c synchronous_commit=off "
-                "-c full_page_writes=off -c max_connections=200"
-            )
-            self._run(
-                [
-                    self._tool("pg_ctl"),
-                    "-D",
-                    str(self.data_dir),
-                    "-l",
-                    str(self.log_path),
-                    "-o",
-                    options,
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-                timeout=90,
-            )
+            for attempt in range(3):
+                (self._port,) = free_ports(1, self.host)
+                options = (
+                    f"-k {self.socket_dir} -p {self._port} -h {self.host} -c fsync=off "
+                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+                )
+                start = [self._tool("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path)]
+                try:
+                    self._run([*start, "-o", options, "-w", "-t", "60", "start"], timeout=90)
+                    break
+                except PostgresError:
+                    # a free port can be taken by someone else before the server binds it
+                    log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+                    if "Address already in use" not in log or attempt == 2:
+                        raise
+                    self.log_path.unlink()
             self._started = True
         except BaseException as exc:
             log = ""
