@@ -34,6 +34,7 @@ class Runtime:
         return cls(settings=settings, db=db, box=box, accounts=accounts, engine=engine)
 
     def close(self) -> None:
+        self.engine.close()
         self.db.close()
 
 

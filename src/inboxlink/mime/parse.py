@@ -47,12 +47,14 @@ fast-mail-parser 0.10.0 quirks, and what is done about them:
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import email.utils
 import html as html_lib
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from email import quoprimime
 from email.header import decode_header
 from email.message import Message
 from email.parser import BytesParser
@@ -82,7 +84,6 @@ _CHUNK_BYTES = 32 * 1024 * 1024  # bound on what one fast_mail_parser.parse_many
 _HEADER_BLOCK_MAX = 1024 * 1024  # the hand reader looks no further for the end of the headers
 
 _MSGID = re.compile(r"<([^<>]*)>")
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _SNIPPET_SOURCE = 4000  # chars of text examined for the snippet
 
 _stdlib_parser = BytesParser(policy=compat32)
@@ -158,10 +159,30 @@ def _fix_mojibake(text: str) -> str:
         return text
 
 
+# An RFC 2047 encoded-word, as `email.header.decode_header` finds it (its `ecre`).
+_ENCODED_WORD = re.compile(r"=\?([^?]*?)\?([qQbB])\?(.*?)\?=")
+# What `str.splitlines` splits an ASCII string at: `decode_header` works line by line.
+_ASCII_LINE_BREAK = re.compile(r"[\n\r\x0b\x0c\x1c-\x1e]")
+# A "=" that is not a =XX escape: `binascii.a2b_qp` and `quoprimime.header_decode` differ there.
+_QP_ODD_EQUALS = re.compile(r"=(?![0-9A-Fa-f]{2})")
+
+
 def _decode_words(value: str) -> str:
-    """Decode RFC 2047 encoded-words, with the same fallbacks as bodies for unknown charsets."""
+    """Decode RFC 2047 encoded-words, with the same fallbacks as bodies for unknown charsets.
+
+    What `_decode_words_std` (`email.header.decode_header`) gives, computed directly for the usual
+    value: ASCII on one line. Anything else goes to the stdlib."""
     if "=?" not in value:
         return value
+    if value.isascii() and _ASCII_LINE_BREAK.search(value) is None:
+        try:
+            return _decode_words_line(value)
+        except (binascii.Error, ValueError):  # decode_header's HeaderParseError: value kept as is
+            return value
+    return _decode_words_std(value)
+
+
+def _decode_words_std(value: str) -> str:
     try:
         chunks = decode_header(value)
     except Exception:
@@ -172,6 +193,50 @@ def _decode_words(value: str) -> str:
             out.append(chunk)
         else:
             out.append(_decode_bytes(chunk, charset))
+    return "".join(out)
+
+
+def _decode_words_line(value: str) -> str:
+    """`decode_header` + `_decode_bytes` for one ASCII line: text between encoded-words is kept (the
+    first lstripped) unless it is whitespace between two encoded-words; adjacent encoded-words in the
+    same charset are joined as bytes before decoding (a character may straddle two of them)."""
+    parts = _ENCODED_WORD.split(value)  # text, (charset, q/b, encoded, text)*
+    if len(parts) == 1:
+        return value
+    out: list[str] = []
+    text = parts[0].lstrip()
+    if text:
+        out.append(text)
+    run = b""
+    run_charset: str | None = None
+    last = len(parts) - 4
+    for i in range(1, len(parts), 4):
+        charset = parts[i].lower()
+        encoded = parts[i + 2]
+        if parts[i + 1] in "qQ":
+            if _QP_ODD_EQUALS.search(encoded) is None:
+                word = binascii.a2b_qp(encoded.encode("ascii"), header=True)
+            else:
+                word = quoprimime.header_decode(encoded).encode("latin-1")
+        elif encoded:
+            if len(encoded) % 4:
+                encoded += "==="[: 4 - len(encoded) % 4]
+            word = binascii.a2b_base64(encoded.encode("ascii"))
+        else:
+            word = b""
+        if charset == run_charset:
+            run += word
+        else:
+            if run_charset is not None:
+                out.append(_decode_bytes(run, run_charset))
+            run, run_charset = word, charset
+        text = parts[i + 3]
+        if text and (i == last or not text.isspace()):
+            out.append(_decode_bytes(run, run_charset))
+            out.append(text)
+            run_charset = None
+    if run_charset is not None:
+        out.append(_decode_bytes(run, run_charset))
     return "".join(out)
 
 
@@ -379,6 +444,46 @@ def _date(value: str | None) -> datetime | None:
     return parsed
 
 
+# The usual shapes of an address list, read without `getaddresses` when the whole value is made of
+# them: `addr-spec`, or `phrase <addr-spec>` / `<addr-spec>` with a phrase of atoms (dots allowed,
+# as `getaddresses` does) and quoted strings without escapes; no comments, groups, routes or empty
+# elements. Anything else takes the general path, whose results these agree with (tested).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
+_PHRASE_WORD = r'"[^"\\\r\n]*"|[^\s()<>@,:;"\[\]\\]+'
+_MAILBOX = (
+    rf"(?:((?:{_PHRASE_WORD})(?:[ \t]*(?:{_PHRASE_WORD}))*)[ \t]*)?<({_DOT_ATOM}@{_DOT_ATOM})>"
+    rf"|({_DOT_ATOM}@{_DOT_ATOM})"
+)
+_SIMPLE_ADDRESS_LIST = re.compile(rf"[ \t]*(?:{_MAILBOX})(?:[ \t]*,[ \t]*(?:{_MAILBOX}))*[ \t]*")
+_SIMPLE_MAILBOX = re.compile(_MAILBOX)
+_PHRASE_WORDS = re.compile(r'"([^"]*)"|([^\s"]+)')
+
+
+def _addresses(value: str | None) -> list[Address]:
+    """An address header's mailboxes (undecoded value in; names RFC 2047-decoded), as
+    `_std_addresses` reads them."""
+    if not value:
+        return []
+    if _SIMPLE_ADDRESS_LIST.fullmatch(value) is None:
+        return _std_addresses(value)
+    out = []
+    for phrase, addr, bare in _SIMPLE_MAILBOX.findall(value):
+        if bare:
+            out.append(_address(bare, None))
+            continue
+        if not phrase:
+            name = None
+        else:
+            if '"' in phrase:
+                phrase = " ".join([q + a for q, a in _PHRASE_WORDS.findall(phrase)])
+            elif " " in phrase or "\t" in phrase:
+                phrase = " ".join(phrase.split())
+            name = _decode_words(phrase).strip() or None
+        out.append(_address(addr, name))
+    return out
+
+
 def _std_addresses(value: str | None) -> list[Address]:
     """`email.utils.getaddresses` on a raw (undecoded) header value; names RFC 2047-decoded."""
     if not value:
@@ -395,11 +500,55 @@ def _std_addresses(value: str | None) -> list[Address]:
     return out
 
 
+# The end of the header block: `\r?\n\r?\n`, found from its first `\n` (a literal first character
+# makes the regex engine scan fast).
+_HEADER_END = re.compile(rb"\n\r?\n")
+# One header field (from the start of its line, which the caller marks with a "\n"): a name that
+# does not start with whitespace (that would be a continuation line), a colon, the value with its
+# continuation lines.
+_HEADER_FIELD = re.compile(r"\n([^\n\t :][^\n:]*):([^\n]*(?:\n[\t ][^\n]*)*)")
+
+
+def _header_end(raw: bytes, limit: int) -> tuple[int, int] | None:
+    """Where the first blank line in `raw[:limit]` starts (its line break included) and ends."""
+    m = _HEADER_END.search(raw, 0, limit)
+    if m is None:
+        return None
+    start = m.start()
+    return (start - 1 if start and raw[start - 1] == 13 else start), m.end()
+
+
 def _read_headers(raw: bytes) -> dict[str, str]:
     """The wanted headers of `raw`, read by hand: lower-cased name -> first value, unfolded and
-    decoded from bytes (UTF-8, else Windows-1252) but not RFC 2047-decoded. Never raises for bytes."""
-    m = _HEADER_END.search(raw, 0, _HEADER_BLOCK_MAX)
-    block = raw[: m.start()] if m else raw[:_HEADER_BLOCK_MAX]
+    decoded from bytes (UTF-8, else Windows-1252) but not RFC 2047-decoded. Never raises for bytes.
+
+    A header block that is valid UTF-8 (nearly all) is read with one regex; others line by line
+    (`_read_header_lines`, which defines the result: the two agree, tested)."""
+    end = _header_end(raw, _HEADER_BLOCK_MAX)
+    block = raw[: end[0]] if end is not None else raw[:_HEADER_BLOCK_MAX]
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        return _read_header_lines(block)
+    out: dict[str, str] = {}
+    for name, value in _HEADER_FIELD.findall("\n" + text):
+        key = name.lower()
+        if key not in _WANTED:
+            key = key.strip()
+            if key not in _WANTED:
+                continue
+        if key in out:
+            continue
+        if "\n" in value:
+            out[key] = " ".join([p for p in [line.strip() for line in value.split("\n")] if p])
+        else:
+            out[key] = value.strip()
+    return out
+
+
+def _read_header_lines(block: bytes) -> dict[str, str]:
+    """`_read_headers` for any header block, line by line (a line that is not valid UTF-8 is read as
+    Windows-1252, so one stray byte does not spoil the rest)."""
     out: dict[str, str] = {}
     name: str | None = None
     parts: list[str] = []
@@ -410,7 +559,7 @@ def _read_headers(raw: bytes) -> dict[str, str]:
 
     try:
         lines = block.decode("utf-8").split("\n")
-    except UnicodeDecodeError:  # decoded line by line, so one stray byte does not spoil the rest
+    except UnicodeDecodeError:
         lines = [_decode_bytes(line, None) for line in block.split(b"\n")]
     for line in lines:
         line = line.rstrip("\r")
@@ -429,43 +578,37 @@ def _read_headers(raw: bytes) -> dict[str, str]:
     return out
 
 
-class _HeaderFields(TypedDict):
-    message_id: str | None
-    subject: str | None
-    date: datetime | None
-    from_: list[Address]
-    to: list[Address]
-    cc: list[Address]
-    bcc: list[Address]
-    reply_to: list[Address]
-    in_reply_to: str | None
-    references: list[str]
-    headers: dict[str, str]
-
-
-def _no_header_fields() -> _HeaderFields:
-    return _HeaderFields(
-        message_id=None, subject=None, date=None, from_=[], to=[], cc=[], bcc=[], reply_to=[],
-        in_reply_to=None, references=[], headers={},
-    )  # fmt: skip
-
-
-def _fields_from_raw_headers(hdrs: dict[str, str]) -> _HeaderFields:
-    """The header-derived ParsedMessage fields, from `_read_headers` output."""
-    subject = hdrs.get("subject")
-    return {
-        "message_id": normalize_message_id(hdrs.get("message-id")),
-        "subject": _decode_words(subject) if subject is not None else None,
-        "date": _date(hdrs.get("date")),
-        "from_": _std_addresses(hdrs.get("from")),
-        "to": _std_addresses(hdrs.get("to")),
-        "cc": _std_addresses(hdrs.get("cc")),
-        "bcc": _std_addresses(hdrs.get("bcc")),
-        "reply_to": _std_addresses(hdrs.get("reply-to")),
-        "in_reply_to": _first_reference(hdrs.get("in-reply-to")),
-        "references": _references(hdrs.get("references")),
-        "headers": {k: _decode_words(v) for k, v in hdrs.items() if k in _KEPT},
-    }
+def _message(
+    hdrs: dict[str, str],
+    text: str | None,
+    html: str | None,
+    snippet: str,
+    attachments: list[Attachment],
+    headers_only: bool,
+    note: str | None,
+) -> ParsedMessage:
+    """A ParsedMessage: the header fields derived from `_read_headers` output, the rest as given."""
+    get = hdrs.get
+    headers = {k: _decode_words(v) if "=?" in v else v for k, v in hdrs.items() if k in _KEPT}
+    return ParsedMessage(
+        message_id=normalize_message_id(get("message-id")),
+        subject=headers.get("subject"),
+        date=_date(get("date")),
+        from_=_addresses(get("from")),
+        to=_addresses(get("to")),
+        cc=_addresses(get("cc")),
+        bcc=_addresses(get("bcc")),
+        reply_to=_addresses(get("reply-to")),
+        in_reply_to=_first_reference(get("in-reply-to")),
+        references=_references(get("references")),
+        text=text,
+        html=html,
+        snippet=snippet,
+        attachments=attachments,
+        headers=headers,
+        headers_only=headers_only,
+        parse_note=note,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -476,11 +619,6 @@ class _Retry(Exception):
     """fast-mail-parser's result is known to be lossy: parse with the stdlib instead."""
 
 
-_ADDRESS_JUNK = frozenset(" \t\r\n,;")
-
-
-_ADDRESS_HEADERS = ("from", "to", "cc", "bcc", "reply-to")
-_ADDRESS_ATTRS = {"to": "to", "cc": "cc", "bcc": "bcc", "reply-to": "reply_to"}
 # Address is frozen, so equal ones can be shared; a mailbox repeats the same few hundred senders.
 _ADDRESS_CACHE: dict[tuple[str, str | None], Address] = {}
 _ADDRESS_CACHE_MAX = 20_000
@@ -496,39 +634,35 @@ def _address(addr: str, name: str | None) -> Address:
     return cached
 
 
-def _fmp_addresses(items: Iterable[fmp.PyAddress]) -> list[Address]:
+def _attachments(items: list[fmp.PyLazyAttachment]) -> tuple[list[Attachment], str | None]:
     out = []
-    for a in items:
-        addr = a.address
-        if addr[:1] in _ADDRESS_JUNK or addr[-1:] in _ADDRESS_JUNK:
-            addr = addr.strip(" \t\r\n,;")
-        if addr:
-            name = a.display_name
-            if name is not None:
-                name = (_decode_words(name) if "=?" in name else name).strip() or None
-            out.append(_address(addr, name))
-    return out
-
-
-def _attachment(a: fmp.PyLazyAttachment) -> tuple[Attachment, str | None]:
     note = None
-    try:
-        size = len(a.content)
-    except Exception:  # DecodeError: the part's transfer encoding is broken
-        size = a.encoded_size
-        note = f"attachment {a.filename or a.mimetype!r} could not be decoded; size is its encoded size"
-    disposition = (a.disposition or "").lower()
-    cid = a.content_id.strip() or None if a.content_id else None
-    return (
-        Attachment(
-            filename=a.filename or None,
-            content_type=a.mimetype.lower(),
-            size=size,
-            content_id=cid,
-            inline=disposition == "inline" or (not disposition and cid is not None),
-        ),
-        note,
-    )
+    for a in items:
+        mimetype = a.mimetype
+        if "/" not in mimetype:
+            # e.g. "Content-Type: text": RFC 2045 says text/plain, fast-mail-parser an attachment
+            raise _Retry(f"fast-mail-parser kept an invalid content type {mimetype!r}")
+        filename = a.filename
+        try:
+            size = len(a.content)  # exact; decoding is native and costs about 1 ns a byte
+        except Exception:  # DecodeError: the part's transfer encoding is broken
+            size = a.encoded_size
+            if note is None:
+                note = f"attachment {filename or mimetype!r} could not be decoded; size is its encoded size"
+        disposition = a.disposition
+        disposition = disposition.lower() if disposition else ""
+        cid = a.content_id
+        cid = cid.strip() or None if cid else None
+        out.append(
+            Attachment(
+                filename=filename or None,
+                content_type=mimetype.lower(),
+                size=size,
+                content_id=cid,
+                inline=disposition == "inline" or (not disposition and cid is not None),
+            )
+        )
+    return out, note
 
 
 _PART_HEADER = re.compile(rb"[!-9;-~]+:")
@@ -537,114 +671,56 @@ _PART_HEADER = re.compile(rb"[!-9;-~]+:")
 def _has_loose_text(raw: bytes) -> bool:
     """Whether the body has a line that is neither blank, a boundary nor a part header: text that a
     multipart parse should have found somewhere."""
-    m = _HEADER_END.search(raw)
-    if m is None:
+    end = _header_end(raw, len(raw))
+    if end is None:
         return False
-    for line in raw[m.end() : m.end() + 65536].splitlines():
+    for line in raw[end[1] : end[1] + 65536].splitlines():
         line = line.strip()
         if line and not line.startswith(b"--") and not _PART_HEADER.match(line):
             return True
     return False
 
 
-def _from_fmp(mail: fmp.PyLazyMail | fmp.PyMailMetadata, raw: bytes, headers_only: bool) -> ParsedMessage:
-    if isinstance(mail, fmp.PyLazyMail):
-        for w in mail.warnings:
-            if w.kind == "charset-fallback":
-                raise _Retry("fast-mail-parser did not know a charset")
+def _nonempty(parts: list[str]) -> list[str]:
+    """Body parts to join: the empty ones dropped, unless all are empty (then the first)."""
+    if len(parts) > 1:
+        return [p for p in parts if p] or parts[:1]
+    return parts
 
-    sel: dict[str, str] = {}
-    for key, values in mail.headers.items():
-        lk = key.lower()
-        if lk in _WANTED and lk not in sel and values:
-            sel[lk] = values[0]
 
-    # Addresses: fast-mail-parser's, unless it visibly lost some (see module docstring).
-    raw_headers: dict[str, str] | None = None
-    lists: list[list[Address]] = []
-    for hname in _ADDRESS_HEADERS:
-        value = sel.get(hname)
-        if not value:
-            lists.append([])
-            continue
-        if hname == "from":
-            from_ = mail.from_
-            addrs = _fmp_addresses([from_]) if from_ is not None else []
-        else:
-            addrs = _fmp_addresses(getattr(mail, _ADDRESS_ATTRS[hname]))
-        # Re-read when a mailbox is missing, or a name given as a comment ("a@b (Name)") was lost.
-        if (
-            not addrs
-            or value.count("@") > len(addrs)
-            or ("(" in value and any(a.name is None for a in addrs))
-        ):
-            if raw_headers is None:
-                raw_headers = _read_headers(raw)
-            std = _std_addresses(raw_headers.get(hname))
-            if len(std) >= len(addrs):
-                addrs = std
-        lists.append(addrs)
-
-    subject = sel.get("subject")
-    if subject is not None and "=?" in subject:
-        subject = _decode_words(subject)
-    note = None
+def _from_fmp(mail: fmp.PyLazyMail, raw: bytes) -> ParsedMessage:
+    """fast-mail-parser's bodies and attachments; the header fields are read from `raw`."""
+    for w in mail.warnings:
+        if w.kind == "charset-fallback":
+            raise _Retry("fast-mail-parser did not know a charset")
+    hdrs = _read_headers(raw)
+    plain_parts = _nonempty(mail.text_plain)
+    html_parts = _nonempty(mail.text_html)
+    fmp_atts = mail.attachments
+    if (
+        not fmp_atts
+        and not any(p.strip() for p in plain_parts)
+        and not any(p.strip() for p in html_parts)
+        and hdrs.get("content-type", "")[:10].lower() == "multipart/"
+        and _has_loose_text(raw)
+    ):
+        # The boundary never appears, is an RFC 2231 parameter, or parts lost their body.
+        raise _Retry("fast-mail-parser found no text in a multipart body")
     text = html = None
-    snippet = ""
-    attachments: list[Attachment] = []
-    if isinstance(mail, fmp.PyLazyMail) and not headers_only:
-        plain_parts = mail.text_plain
-        html_parts = mail.text_html
-        fmp_atts = mail.attachments
-        if len(plain_parts) > 1:
-            plain_parts = [p for p in plain_parts if p] or plain_parts[:1]
-        if len(html_parts) > 1:
-            html_parts = [p for p in html_parts if p] or html_parts[:1]
-        if (
-            not fmp_atts
-            and not any(p.strip() for p in plain_parts)
-            and not any(p.strip() for p in html_parts)
-            and sel.get("content-type", "").lstrip()[:10].lower() == "multipart/"
-            and _has_loose_text(raw)
-        ):
-            # The boundary never appears, is an RFC 2231 parameter, or parts lost their body.
-            raise _Retry("fast-mail-parser found no text in a multipart body")
-        if plain_parts:
-            text = "\n".join([_fix_mojibake(p) for p in plain_parts])
-        if html_parts:
-            html = "\n".join([_fix_mojibake(p) for p in html_parts])
-            if not text:
-                text = html_to_text(html)
-        if text:
-            snippet = _snippet(text)
-        for a in fmp_atts:
-            if "/" not in a.mimetype:
-                # e.g. "Content-Type: text": RFC 2045 says text/plain, fast-mail-parser an attachment
-                raise _Retry(f"fast-mail-parser kept an invalid content type {a.mimetype!r}")
-            att, att_note = _attachment(a)
-            attachments.append(att)
-            note = note or att_note
+    if plain_parts:
+        text = "\n".join([_fix_mojibake(p) for p in plain_parts])
+    if html_parts:
+        html = "\n".join([_fix_mojibake(p) for p in html_parts])
+        if not text:
+            text = html_to_text(html)
+    attachments, note = _attachments(fmp_atts) if fmp_atts else ([], None)
+    return _message(hdrs, text, html, _snippet(text) if text else "", attachments, False, note)
 
-    headers = {k: v for k, v in sel.items() if k in _KEPT}
-    return ParsedMessage(
-        message_id=normalize_message_id(sel.get("message-id")),
-        subject=subject,
-        date=_date(sel.get("date")),
-        from_=lists[0],
-        to=lists[1],
-        cc=lists[2],
-        bcc=lists[3],
-        reply_to=lists[4],
-        in_reply_to=_first_reference(sel.get("in-reply-to")),
-        references=_references(sel.get("references")),
-        text=text,
-        html=html,
-        snippet=snippet,
-        attachments=attachments,
-        headers=headers,
-        headers_only=headers_only,
-        parse_note=note,
-    )
+
+def _headers_only(raw: bytes) -> ParsedMessage:
+    """A header block (or a whole message, of which only the headers are read): read by hand, which
+    is what the other tiers do with headers anyway; fast-mail-parser would add nothing."""
+    return _message(_read_headers(raw), None, None, "", [], True, None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -719,7 +795,7 @@ def _stdlib_body(msg: Message) -> tuple[list[str], list[str], list[Attachment], 
 
 
 def _from_stdlib(raw: bytes, headers_only: bool, reason: str) -> ParsedMessage:
-    fields = _fields_from_raw_headers(_read_headers(raw))
+    hdrs = _read_headers(raw)
     text = html = None
     snippet = ""
     attachments: list[Attachment] = []
@@ -737,34 +813,17 @@ def _from_stdlib(raw: bytes, headers_only: bool, reason: str) -> ParsedMessage:
                 text = html_to_text(html)
         if text:
             snippet = _snippet(text)
-    return ParsedMessage(
-        text=text,
-        html=html,
-        snippet=snippet,
-        attachments=attachments,
-        headers_only=headers_only,
-        parse_note=note,
-        **fields,
-    )
+    return _message(hdrs, text, html, snippet, attachments, headers_only, note)
 
 
 def _raw_fallback(raw: object, headers_only: bool, reason: str) -> ParsedMessage:
     note = f"{reason}; only the header lines were read"
-    fields = _no_header_fields()
     if isinstance(raw, bytes):
         try:
-            fields = _fields_from_raw_headers(_read_headers(raw))
+            return _message(_read_headers(raw), None, None, "", [], headers_only, note)
         except Exception as exc:
             note = f"{reason}; the headers could not be read either ({type(exc).__name__})"
-    return ParsedMessage(
-        text=None,
-        html=None,
-        snippet="",
-        attachments=[],
-        headers_only=headers_only,
-        parse_note=note,
-        **fields,
-    )
+    return _message({}, None, None, "", [], headers_only, note)
 
 
 def _fallback(raw: bytes, headers_only: bool, reason: str) -> ParsedMessage:
@@ -799,29 +858,21 @@ def _is_fatal(exc: BaseException) -> bool:
     return isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit)
 
 
-def _fmp_batch(
-    payloads: list[str | bytes], headers_only: bool
-) -> Sequence[fmp.PyLazyMail | fmp.PyMailMetadata | BaseException]:
+def _fmp_batch(payloads: list[str | bytes]) -> Sequence[fmp.PyLazyMail | BaseException]:
     """fast_mail_parser.parse_many, or one parse_email per message if the batch call itself fails.
     (A Rust panic surfaces as pyo3's PanicException, which derives from BaseException.)"""
-    batch: Sequence[fmp.PyLazyMail | fmp.PyMailMetadata | BaseException] = []
+    batch: Sequence[fmp.PyLazyMail | BaseException] = []
     try:
-        if headers_only:
-            batch = fmp.parse_many(payloads, mode="metadata")
-        else:
-            batch = fmp.parse_many(payloads, mode="lazy")
+        batch = fmp.parse_many(payloads, mode="lazy")
     except BaseException as exc:
         if _is_fatal(exc):
             raise
     if len(batch) == len(payloads):
         return batch
-    results: list[fmp.PyLazyMail | fmp.PyMailMetadata | BaseException] = []
+    results: list[fmp.PyLazyMail | BaseException] = []
     for payload in payloads:
         try:
-            if headers_only:
-                results.append(fmp.parse_email(payload, mode="metadata"))
-            else:
-                results.append(fmp.parse_email(payload, mode="lazy"))
+            results.append(fmp.parse_email(payload, mode="lazy"))
         except BaseException as exc:
             if _is_fatal(exc):
                 raise
@@ -829,17 +880,15 @@ def _fmp_batch(
     return results
 
 
-def _convert(
-    result: fmp.PyLazyMail | fmp.PyMailMetadata | BaseException, raw: bytes, headers_only: bool
-) -> ParsedMessage:
+def _convert(result: fmp.PyLazyMail | BaseException, raw: bytes) -> ParsedMessage:
     if isinstance(result, BaseException):
-        return _fallback(raw, headers_only, f"fast-mail-parser: {type(result).__name__}: {result}")
+        return _fallback(raw, False, f"fast-mail-parser: {type(result).__name__}: {result}")
     try:
-        return _from_fmp(result, raw, headers_only)
+        return _from_fmp(result, raw)
     except _Retry as exc:
-        return _fallback(raw, headers_only, str(exc))
+        return _fallback(raw, False, str(exc))
     except Exception as exc:
-        return _fallback(raw, headers_only, f"reading fast-mail-parser's result failed: {exc!r}")
+        return _fallback(raw, False, f"reading fast-mail-parser's result failed: {exc!r}")
 
 
 def parse_many(raws: Sequence[bytes], *, headers_only: bool = False) -> list[ParsedMessage]:
@@ -849,35 +898,50 @@ def parse_many(raws: Sequence[bytes], *, headers_only: bool = False) -> list[Par
     Allocation-heavy: a caller parsing many batches in a row should pause the cyclic garbage
     collector around them, as the sync engine does (it is about a third of the Python-side time).
     """
-    return _parse_many(raws, headers_only)
+    if headers_only:
+        return _parse_headers_only(raws)
+    return _parse_many(raws)
 
 
-def _parse_many(raws: Sequence[bytes], headers_only: bool) -> list[ParsedMessage]:
+def _parse_headers_only(raws: Sequence[bytes]) -> list[ParsedMessage]:
+    out = []
+    for item in raws:
+        raw = _as_bytes(item)
+        if raw is None:
+            out.append(_raw_fallback(None, True, f"input is {type(item).__name__}, not bytes"))
+            continue
+        try:
+            out.append(_headers_only(raw))
+        except Exception as exc:
+            out.append(_raw_fallback(raw, True, f"reading the headers failed: {exc!r}"))
+    return out
+
+
+def _parse_many(raws: Sequence[bytes]) -> list[ParsedMessage]:
     out: list[ParsedMessage | None] = [None] * len(raws)
     chunk: list[tuple[int, bytes]] = []
     chunk_bytes = 0
     for i, item in enumerate(raws):
         raw = _as_bytes(item)
         if raw is None:
-            out[i] = _raw_fallback(None, headers_only, f"input is {type(item).__name__}, not bytes")
+            out[i] = _raw_fallback(None, False, f"input is {type(item).__name__}, not bytes")
         elif len(raw) > _FMP_MAX_BYTES:
-            out[i] = _fallback(raw, headers_only, "larger than fast-mail-parser accepts")
+            out[i] = _fallback(raw, False, "larger than fast-mail-parser accepts")
         else:
             chunk.append((i, raw))
             chunk_bytes += len(raw)
             if chunk_bytes >= _CHUNK_BYTES:
-                _run_chunk(chunk, headers_only, out)
+                _run_chunk(chunk, out)
                 chunk, chunk_bytes = [], 0
     if chunk:
-        _run_chunk(chunk, headers_only, out)
-    return [p if p is not None else _raw_fallback(None, headers_only, "not parsed") for p in out]
+        _run_chunk(chunk, out)
+    return [p if p is not None else _raw_fallback(None, False, "not parsed") for p in out]
 
 
-def _run_chunk(chunk: list[tuple[int, bytes]], headers_only: bool, out: list[ParsedMessage | None]) -> None:
+def _run_chunk(chunk: list[tuple[int, bytes]], out: list[ParsedMessage | None]) -> None:
     payloads: list[str | bytes] = [raw for _, raw in chunk]
-    results: list[fmp.PyLazyMail | fmp.PyMailMetadata | BaseException | None]
-    results = list(_fmp_batch(payloads, headers_only))
+    results: list[fmp.PyLazyMail | BaseException | None] = list(_fmp_batch(payloads))
     for k, (i, raw) in enumerate(chunk):
         result, results[k] = results[k], None  # freed as soon as it is used, while still in cache
         if result is not None:
-            out[i] = _convert(result, raw, headers_only)
+            out[i] = _convert(result, raw)

@@ -72,6 +72,28 @@ class BlobStore:
             raise OSError(f"blob {ref} is truncated")
         return data
 
+    def get_many(self, refs: list[str]) -> list[bytes]:
+        """Read several blobs, opening each segment once (used by the prepare worker, which reads
+        what the fetch thread has just written instead of receiving it through a pipe)."""
+        out: list[bytes] = []
+        fds: dict[str, int] = {}
+        try:
+            for ref in refs:
+                name, offset, length = ref.rsplit(":", 2)
+                fd = fds.get(name)
+                if fd is None:
+                    if "/" in name or name.startswith("."):
+                        raise ValueError(f"bad blob reference {ref!r}")
+                    fd = fds[name] = os.open(self.root / name, os.O_RDONLY)
+                data = os.pread(fd, int(length), int(offset))
+                if len(data) != int(length):
+                    raise OSError(f"blob {ref} is truncated")
+                out.append(data)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        return out
+
     def _close_writer(self) -> None:
         if self._fh is not None:
             self._fh.close()

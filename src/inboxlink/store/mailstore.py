@@ -6,7 +6,6 @@ transaction boundaries (data and cursor commit together, DESIGN §4).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from inboxlink.domain import Cursor, Folder, ParsedMessage
+from inboxlink.domain import Cursor, Folder
 from inboxlink.store.schema import folders, message_addresses, messages, placements
 
 _IN_CHUNK = 500  # bound parameters per IN (...) query: SQLite's limit is 32,766; keep plans small
@@ -257,10 +256,10 @@ _ADDRESS_COLUMNS = ("message_id", "role", "email", "name")
 
 @dataclass(frozen=True)
 class NewMessage:
-    """One downloaded message, ready to be written."""
+    """One downloaded message, ready to be written (`row` from `sync.prepare.prepare_batch`)."""
 
     provider_id: str
-    parsed: ParsedMessage
+    row: tuple[Any, ...]
     blob: str
     internal_date: datetime | None
     size: int | None
@@ -270,21 +269,13 @@ class NewMessage:
 class _Bulk:
     """Bulk writes through the driver's own `executemany`, skipping SQLAlchemy's per-row parameter
     processing: on the sync hot path that processing cost more than SQLite's inserts themselves
-    (docs/architecture.md). Values are converted here exactly as the column types would: datetimes
-    in UTC (SQLite stores them as text, so they must share one offset to compare), JSON as text,
-    booleans as the dialect wants."""
+    (docs/architecture.md). Values arrive already converted as the column types would convert them
+    (`sync.prepare`): datetimes in UTC, JSON as text."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.sqlite = conn.dialect.name == "sqlite"
-        self.mark = "?" if self.sqlite else "%s"
+        self.mark = "?" if conn.dialect.name == "sqlite" else "%s"
         self.quote = conn.dialect.identifier_preparer.quote
-
-    def dt(self, value: datetime | None) -> Any:
-        if value is None:
-            return None
-        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else value
 
     def insert(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
         if not rows:
@@ -296,39 +287,34 @@ class _Bulk:
         self.conn.exec_driver_sql(sql, rows)
 
 
-def _pairs(addrs: Sequence[Any]) -> list[list[str | None]]:
-    return [[a.email, a.name] for a in addrs]
-
-
-def _message_tuple(bulk: _Bulk, account_id: str, m: NewMessage, at: Any) -> tuple[Any, ...]:
-    p = m.parsed
-    sender = p.from_[0] if p.from_ else None
-    dumps = json.dumps
+def _conn_dt(conn: Connection, value: datetime | None) -> Any:
+    """A datetime as the dialect stores it; the same rule as `sync.prepare.db_datetime`."""
+    if value is None:
+        return None
+    value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
     return (
-        account_id, m.provider_id, p.message_id, m.thread_id, p.subject,
-        sender.email if sender else None, sender.name if sender else None,
-        bulk.dt(p.date), bulk.dt(m.internal_date), m.size, p.snippet, p.text, p.html is not None,
-        dumps({"to": _pairs(p.to), "cc": _pairs(p.cc), "bcc": _pairs(p.bcc), "reply_to": _pairs(p.reply_to)}),
-        p.in_reply_to, dumps(p.references), dumps(p.headers),
-        dumps([{"filename": a.filename, "content_type": a.content_type, "size": a.size,
-                "content_id": a.content_id, "inline": a.inline} for a in p.attachments]),
-        p.headers_only, p.parse_note, m.blob, at, at,
-    )  # fmt: skip
+        value.replace(tzinfo=None).isoformat(" ", "microseconds") if conn.dialect.name == "sqlite" else value
+    )
 
 
-def _address_tuples(message_id: int, parsed: ParsedMessage) -> list[tuple[Any, ...]]:
-    rows = []
-    for role, addrs in (
-        ("from", parsed.from_),
-        ("to", parsed.to),
-        ("cc", parsed.cc),
-        ("bcc", parsed.bcc),
-        ("reply_to", parsed.reply_to),
-    ):
-        for a in addrs:
-            if a.email:
-                rows.append((message_id, role, a.email.lower()[:320], a.name))
-    return rows
+def _message_tuple(account_id: str, m: NewMessage, idate: Any, stamp: Any) -> tuple[Any, ...]:
+    r = m.row
+    # _MESSAGE_COLUMNS order; r is (provider_id, message_id, subject, from_email, from_name, date,
+    # snippet, text, has_html, recipients, in_reply_to, references, headers, attachments,
+    # headers_only, parse_note, addresses)
+    return (
+        account_id,
+        m.provider_id,
+        r[1],
+        m.thread_id,
+        *r[2:6],
+        idate,
+        m.size,
+        *r[6:16],
+        m.blob,
+        stamp,
+        stamp,
+    )
 
 
 def write_messages(
@@ -341,13 +327,17 @@ def write_messages(
     """Insert new messages and overwrite known ones (same provider id); return provider_id -> id.
     `items` must have distinct provider ids."""
     bulk = _Bulk(conn)
-    stamp = bulk.dt(at)
+    stamp = _conn_dt(conn, at)
     new = [m for m in items if m.provider_id not in known]
     old = [m for m in items if m.provider_id in known]
     ids: dict[str, int] = {}
     if new:
-        bulk.insert("messages", _MESSAGE_COLUMNS, [_message_tuple(bulk, account_id, m, stamp) for m in new])
-        ids.update((pid, mid) for pid, mid in _ids_of(conn, account_id, [m.provider_id for m in new]))
+        bulk.insert(
+            "messages",
+            _MESSAGE_COLUMNS,
+            [_message_tuple(account_id, m, _conn_dt(conn, m.internal_date), stamp) for m in new],
+        )
+        ids.update(_ids_of(conn, account_id, [m.provider_id for m in new]))
     if old:
         columns = _MESSAGE_COLUMNS[2:-2]  # not account/provider id, nor the creation stamp
         sets = ", ".join(f"{bulk.quote(c)} = {bulk.mark}" for c in columns)
@@ -359,14 +349,15 @@ def write_messages(
         for m in old:
             mid = known[m.provider_id].id
             ids[m.provider_id] = mid
-            full = _message_tuple(bulk, account_id, m, stamp)
+            full = _message_tuple(account_id, m, _conn_dt(conn, m.internal_date), stamp)
             rows.append((*full[2:-2], stamp, mid))
         conn.exec_driver_sql(sql, rows)
         for chunk in _chunks([known[m.provider_id].id for m in old]):
             conn.execute(delete(message_addresses).where(message_addresses.c.message_id.in_(chunk)))
     addr: list[tuple[Any, ...]] = []
     for m in items:
-        addr.extend(_address_tuples(ids[m.provider_id], m.parsed))
+        mid = ids[m.provider_id]
+        addr.extend((mid, *a) for a in m.row[16])
     bulk.insert("message_addresses", _ADDRESS_COLUMNS, addr)
     return ids
 

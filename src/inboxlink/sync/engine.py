@@ -25,6 +25,7 @@ on the server's state with no duplicate.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -33,7 +34,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -42,12 +43,12 @@ from sqlalchemy import Connection, select, update
 
 from inboxlink.domain import AccountStatus, ChangeSet, Cursor, FetchParts, MessageRef, RawMessage
 from inboxlink.errors import AuthError, CursorExpired, InboxlinkError, TransientError, UnsupportedServer
-from inboxlink.mime.parse import parse_many
-from inboxlink.providers.base import MailProvider, provider_id_for_message_id
+from inboxlink.providers.base import MailProvider
 from inboxlink.store import mailstore
 from inboxlink.store.db import Database
 from inboxlink.store.schema import accounts
 from inboxlink.sync.policy import backoff_seconds
+from inboxlink.sync.prepare import Prepared, PreparePool, prepare_batch
 from inboxlink.sync.state import SYNCABLE, now, transition
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 CONNECTED_REASON = "Connected"
 LEASE_SECONDS = 600
 CHANGES_LIMIT = 10_000
+# Below this many downloads a run parses in-process: starting the worker (~0.2 s) would cost more.
+POOL_THRESHOLD = 1_000
 
 ProgressFn = Callable[[str, int, int], None]  # (stream, done, total)
 
@@ -111,6 +114,10 @@ class SyncEngine:
         self.db = db
         self.open_provider = open_provider
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._pool = PreparePool()
+
+    def close(self) -> None:
+        self._pool.close()
 
     # -- leases --------------------------------------------------------------------------------
     def _lease(self, account_id: str) -> bool:
@@ -374,112 +381,94 @@ class SyncEngine:
         # Fetch in the ChangeSet's order: a checkpoint after chunk k then covers a stored prefix.
         refs = sorted(refs, key=lambda r: position.get(r.remote_key, -1))
         total = len(refs)
-        done = 0
+        headers_only = run.parts is FetchParts.HEADERS
+        sqlite = self.db.is_sqlite
+        pool = self._pool if total >= POOL_THRESHOLD else None
         stop = threading.Event()
         fetched: queue.Queue[Any] = queue.Queue(maxsize=3)
-        parsed_q: queue.Queue[Any] = queue.Queue(maxsize=3)
 
         def produce() -> None:
+            """Fetch thread: download chunks and hand each to the prepare worker at once, so that
+            downloading, parsing and writing overlap."""
             try:
                 for chunk in run.provider.fetch(refs, run.parts):
                     if stop.is_set():
                         return
-                    fetched.put(chunk)
+                    # Blobs first, flushed: they must reach the OS before any row points at them,
+                    # and the prepare worker reads them from there.
+                    blob_refs = self.db.blobs.put_many([m.raw for m in chunk])
+                    self.db.blobs.flush()
+                    prepared = (
+                        pool.submit(self.db.blobs.root, blob_refs, headers_only, sqlite)
+                        if pool is not None
+                        else None
+                    )
+                    fetched.put((chunk, blob_refs, prepared))
             except BaseException as exc:
                 fetched.put(exc)
             finally:
                 fetched.put(_DONE)
 
-        def parse() -> None:
-            while True:
-                item = fetched.get()
-                if item is _DONE or isinstance(item, BaseException):
-                    parsed_q.put(item)
-                    if item is _DONE:
-                        return
-                    continue
-                if stop.is_set():
-                    continue
-                try:
-                    parsed = parse_many([m.raw for m in item], headers_only=run.parts is FetchParts.HEADERS)
-                    parsed_q.put((item, parsed))
-                except BaseException as exc:
-                    parsed_q.put(exc)
-
-        threads = [
-            threading.Thread(target=produce, name="sync-fetch", daemon=True),
-            threading.Thread(target=parse, name="sync-parse", daemon=True),
-        ]
-        for t in threads:
-            t.start()
+        thread = threading.Thread(target=produce, name="sync-fetch", daemon=True)
+        thread.start()
         gc_was_enabled = gc.isenabled()
         gc.disable()  # the batches allocate many small objects and no cycles: GC passes are waste
-        error: BaseException | None = None
+        done = 0
         last_pos = -1
         try:
             while True:
-                item = parsed_q.get()
+                item = fetched.get()
                 if item is _DONE:
                     break
                 if isinstance(item, BaseException):
-                    error = error or item
-                    stop.set()
+                    raise item
+                chunk, blob_refs, prepared = item
+                if not chunk:
                     continue
-                if error is not None:
-                    continue
-                chunk, parsed = item
-                last_pos = (
-                    max(last_pos, *(position.get(m.ref.remote_key, -1) for m in chunk)) if chunk else last_pos
+                rows = (
+                    prepared.result()
+                    if prepared is not None
+                    else prepare_batch([m.raw for m in chunk], headers_only, sqlite)
                 )
-                checkpoint: Cursor | None = None
-                if cs.checkpoint is not None and last_pos >= 0:
-                    checkpoint = cs.checkpoint(last_pos + 1)
-                self._store_chunk(run, folder_id, chunk, parsed, checkpoint)
+                last_pos = max(last_pos, *(position.get(m.ref.remote_key, -1) for m in chunk))
+                checkpoint = (
+                    cs.checkpoint(last_pos + 1) if cs.checkpoint is not None and last_pos >= 0 else None
+                )
+                self._store_chunk(run, folder_id, chunk, blob_refs, rows, checkpoint)
                 done += len(chunk)
                 if run.progress:
                     run.progress(cs.folder, done, total)
-        except BaseException:
-            stop.set()
-            raise
         finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                with contextlib.suppress(queue.Empty):
+                    fetched.get(timeout=0.05)
             if gc_was_enabled:
                 gc.enable()
-            stop.set()
-            # Drain so the threads can finish.
-            for q in (fetched, parsed_q):
-                while True:
-                    try:
-                        q.get_nowait()
-                    except queue.Empty:
-                        break
-            for t in threads:
-                t.join(timeout=30)
-        if error is not None:
-            raise error
         with self.db.engine.begin() as conn:
             mailstore.save_cursor(conn, folder_id, cs.next_cursor, now())
 
     def _store_chunk(
-        self, run: _Run, folder_id: int, chunk: list[RawMessage], parsed: list[Any], checkpoint: Cursor | None
+        self,
+        run: _Run,
+        folder_id: int,
+        chunk: list[RawMessage],
+        blob_refs: list[str],
+        rows: list[Prepared],
+        checkpoint: Cursor | None,
     ) -> None:
-        if not chunk:
-            return
         at = now()
-        by_pid: dict[str, tuple[RawMessage, Any]] = {}
+        by_pid: dict[str, mailstore.NewMessage] = {}
         placements_for: list[tuple[str, RawMessage]] = []
-        for raw, p in zip(chunk, parsed, strict=True):
-            pid = raw.provider_id or provider_id_for_message_id(p.message_id, raw.raw)
-            by_pid[pid] = (raw, p)  # the same message twice in one chunk: one row, two placements
+        for raw, blob, row in zip(chunk, blob_refs, rows, strict=True):
+            pid = raw.provider_id or row[0]
+            # the same message twice in one chunk: one row, two placements
+            by_pid[pid] = mailstore.NewMessage(pid, row, blob, raw.internal_date, raw.size, raw.thread_id)
             placements_for.append((pid, raw))
-        items = list(by_pid.items())
-        blob_refs = self.db.blobs.put_many([raw.raw for _pid, (raw, _p) in items])
-        self.db.blobs.flush()  # bytes reach the OS before any row points at them
-        new = [
-            mailstore.NewMessage(pid, p, blob, raw.internal_date, raw.size, raw.thread_id)
-            for (pid, (raw, p)), blob in zip(items, blob_refs, strict=True)
-        ]
+        new = list(by_pid.values())
         with self.db.engine.begin() as conn:
-            known = mailstore.messages_by_provider_id(conn, run.account_id, [pid for pid, _ in items])
+            self._renew(conn, run.account_id)
+            known = mailstore.messages_by_provider_id(conn, run.account_id, list(by_pid))
             ids = mailstore.write_messages(conn, run.account_id, new, known, at)
             mailstore.put_placements(
                 conn,
@@ -492,8 +481,3 @@ class SyncEngine:
                 mailstore.save_cursor(conn, folder_id, checkpoint, at)
         run.report.fetched += len(chunk)
         run.report.fetched_bytes += sum(len(r.raw) for r in chunk)
-
-
-def iter_chunks(items: list[MessageRef], n: int) -> Iterator[list[MessageRef]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
