@@ -14,6 +14,9 @@ from __future__ import annotations
 import gc
 import json
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import UTC, datetime
@@ -97,8 +100,22 @@ def prepare_from_blobs(root: str, refs: list[str], headers_only: bool, sqlite: b
     return prepare_batch(BlobStore(Path(root)).get_many(refs), headers_only, sqlite)
 
 
-def _warm() -> None:
-    """Worker initializer: import everything once, before the first batch arrives."""
+def _die_with_parent(parent: int) -> None:
+    """Exit when the process that started this worker is gone (a kill -9 of a sync must not leave a
+    worker behind, holding the sync's stdout open). A watchdog thread, not PR_SET_PDEATHSIG: that
+    fires when the *thread* that spawned us ends, and the engine's fetch threads come and go."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _warm(parent: int) -> None:
+    """Worker initializer: tie the worker's life to its parent, import everything once."""
+    _die_with_parent(parent)
     parse_many([b"Subject: warm-up\r\n\r\nbody\r\n"])
 
 
@@ -111,7 +128,10 @@ class PreparePool:
     def start(self) -> None:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_warm
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_warm,
+                initargs=(os.getpid(),),
             )
 
     def submit(self, root: Path, refs: list[str], headers_only: bool, sqlite: bool) -> Future[list[Prepared]]:
