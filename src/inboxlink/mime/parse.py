@@ -550,7 +550,12 @@ def _header_key(name: str) -> str:
 
 
 def _header_end(raw: bytes, limit: int) -> tuple[int, int] | None:
-    """Where the first blank line in `raw[:limit]` starts (its line break included) and ends."""
+    """Where the first blank line in `raw[:limit]` starts (its line break included) and ends. An
+    empty first line ends an empty header block, as for fast-mail-parser and the stdlib."""
+    if raw[:1] == b"\n":
+        return 0, 1
+    if raw[:2] == b"\r\n":
+        return 0, 2
     m = _HEADER_END.search(raw, 0, limit)
     if m is None:
         return None
@@ -629,10 +634,8 @@ def _message(
     """A ParsedMessage: the header fields derived from `_read_headers` output, the rest as given."""
     get = hdrs.get
     headers = hdrs.copy()
-    if "bcc" in headers:
-        del headers["bcc"]
-    if "reply-to" in headers:
-        del headers["reply-to"]
+    headers.pop("bcc", None)
+    headers.pop("reply-to", None)
     for k, v in headers.items():
         if "=?" in v:
             headers[k] = _decode_words(v)
@@ -665,6 +668,7 @@ class _Retry(Exception):
     """fast-mail-parser's result is known to be lossy: parse with the stdlib instead."""
 
 
+_ADDRESS_HEADERS = ("from", "to", "cc", "bcc", "reply-to")
 # Address is frozen, so equal ones can be shared; a mailbox repeats the same few hundred senders.
 _ADDRESS_CACHE: dict[tuple[str, str | None], Address] = {}
 _ADDRESS_CACHE_MAX = 20_000
@@ -734,20 +738,95 @@ def _nonempty(parts: list[str]) -> list[str]:
     return parts
 
 
+# Header name as fast-mail-parser returns it (as written) -> the wanted name, or "".
+_FMP_KEYS: dict[str, str] = {}
+_ADDRESS_JUNK = frozenset(" \t\r\n,;")
+
+
+def _fmp_key(name: str) -> str:
+    key = name.lower()
+    key = key if key in _WANTED else ""
+    if len(_FMP_KEYS) >= 4096:
+        _FMP_KEYS.clear()
+    _FMP_KEYS[name] = key
+    return key
+
+
+def _fmp_addresses(items: list[fmp.PyAddress]) -> list[Address]:
+    out = []
+    for a in items:
+        addr = a.address
+        if addr[:1] in _ADDRESS_JUNK or addr[-1:] in _ADDRESS_JUNK:
+            addr = addr.strip(" \t\r\n,;")
+        if addr:
+            name = a.display_name
+            if name is not None:
+                name = (_decode_words(name) if "=?" in name else name).strip() or None
+            out.append(_address(addr, name))
+    return out
+
+
+def _has_text(parts: list[str]) -> bool:
+    return any(p and not p.isspace() for p in parts)
+
+
 def _from_fmp(mail: fmp.PyLazyMail, raw: bytes) -> ParsedMessage:
-    """fast-mail-parser's bodies and attachments; the header fields are read from `raw`."""
+    """fast-mail-parser's result, checked and completed (see the module docstring)."""
     for w in mail.warnings:
         if w.kind == "charset-fallback":
             raise _Retry("fast-mail-parser did not know a charset")
-    hdrs = _read_headers(raw)
+
+    # The wanted headers' first values (RFC 2047-decoded by fast-mail-parser). Reading `headers`
+    # builds the dict (every header, every value) once; it is the cheapest way to the rest.
+    sel: dict[str, str] = {}
+    keys = _FMP_KEYS
+    for name, values in mail.headers.items():
+        key = keys.get(name)
+        if key is None:
+            key = _fmp_key(name)
+        if key and key not in sel and values:
+            sel[key] = values[0]
+
+    # Addresses: fast-mail-parser's, unless it visibly lost some (see module docstring).
+    raw_headers: dict[str, str] | None = None
+    lists: list[list[Address]] = []
+    for hname in _ADDRESS_HEADERS:
+        value = sel.get(hname)
+        if not value:
+            lists.append([])
+            continue
+        if hname == "from":
+            from_ = mail.from_
+            addrs = _fmp_addresses([from_]) if from_ is not None else []
+        elif hname == "to":
+            addrs = _fmp_addresses(mail.to)
+        elif hname == "cc":
+            addrs = _fmp_addresses(mail.cc)
+        elif hname == "bcc":
+            addrs = _fmp_addresses(mail.bcc)
+        else:
+            addrs = _fmp_addresses(mail.reply_to)
+        # Re-read when a mailbox is missing, or a name given as a comment ("a@b (Name)") was lost.
+        if (
+            not addrs
+            or value.count("@") > len(addrs)
+            or ("(" in value and any(a.name is None for a in addrs))
+        ):
+            if raw_headers is None:
+                raw_headers = _read_headers(raw)
+            std = _std_addresses(raw_headers.get(hname))
+            if len(std) >= len(addrs):
+                addrs = std
+        lists.append(addrs)
+
     plain_parts = _nonempty(mail.text_plain)
     html_parts = _nonempty(mail.text_html)
     fmp_atts = mail.attachments
     if (
         not fmp_atts
-        and not any(p.strip() for p in plain_parts)
-        and not any(p.strip() for p in html_parts)
-        and hdrs.get("content-type", "")[:10].lower() == "multipart/"
+        and sel.get("content-type", "").lstrip()[:10].lower() == "multipart/"
+        and not _has_text(plain_parts)
+        and not _has_text(html_parts)
         and _has_loose_text(raw)
     ):
         # The boundary never appears, is an RFC 2231 parameter, or parts lost their body.
@@ -760,7 +839,32 @@ def _from_fmp(mail: fmp.PyLazyMail, raw: bytes) -> ParsedMessage:
         if not text:
             text = html_to_text(html)
     attachments, note = _attachments(fmp_atts) if fmp_atts else ([], None)
-    return _message(hdrs, text, html, _snippet(text) if text else "", attachments, False, note)
+
+    subject = sel.get("subject")
+    if subject is not None and "=?" in subject:
+        subject = _decode_words(subject)
+    # What is left of `sel` is the stored selection.
+    sel.pop("bcc", None)
+    sel.pop("reply-to", None)
+    return ParsedMessage(
+        message_id=normalize_message_id(sel.get("message-id")),
+        subject=subject,
+        date=_date(sel.get("date")),
+        from_=lists[0],
+        to=lists[1],
+        cc=lists[2],
+        bcc=lists[3],
+        reply_to=lists[4],
+        in_reply_to=_first_reference(sel.get("in-reply-to")),
+        references=_references(sel.get("references")),
+        text=text,
+        html=html,
+        snippet=_snippet(text) if text else "",
+        attachments=attachments,
+        headers=sel,
+        headers_only=False,
+        parse_note=note,
+    )
 
 
 def _headers_only(raw: bytes) -> ParsedMessage:

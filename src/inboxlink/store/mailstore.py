@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, exists, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, bindparam, delete, exists, func, select, update
 
 from inboxlink.domain import Cursor, Folder
 from inboxlink.store.schema import folders, message_addresses, messages, placements
@@ -23,10 +22,6 @@ _IN_CHUNK = 500  # bound parameters per IN (...) query: SQLite's limit is 32,766
 def _chunks(items: Sequence[Any], n: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
-
-
-def _dialect_insert(conn: Connection, table: Any) -> Any:
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
 def flags_text(flags: Iterable[str]) -> str:
@@ -152,18 +147,6 @@ def drop_placements(conn: Connection, account_id: str, folder_id: int) -> set[in
     return affected
 
 
-def upsert_placements(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """rows: {message_id, folder_id, remote_key, flags}"""
-    if not rows:
-        return
-    stmt = _dialect_insert(conn, placements)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[placements.c.folder_id, placements.c.remote_key],
-        set_={"message_id": stmt.excluded.message_id, "flags": stmt.excluded.flags},
-    )
-    conn.execute(stmt, list(rows))
-
-
 def sweep_orphans(conn: Connection, message_ids: Iterable[int], at: datetime) -> int:
     """Soft-delete messages (among `message_ids`) that no folder holds any more."""
     ids = sorted(set(message_ids))
@@ -287,14 +270,17 @@ class _Bulk:
         self.conn.exec_driver_sql(sql, rows)
 
 
-def _conn_dt(conn: Connection, value: datetime | None) -> Any:
-    """A datetime as the dialect stores it; the same rule as `sync.prepare.db_datetime`."""
+def db_datetime(value: datetime | None, *, sqlite: bool) -> Any:
+    """A datetime as the database stores it: UTC always; on SQLite, text of one fixed shape (the one
+    SQLAlchemy's SQLite DateTime reads) so that text order is time order."""
     if value is None:
         return None
     value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    return (
-        value.replace(tzinfo=None).isoformat(" ", "microseconds") if conn.dialect.name == "sqlite" else value
-    )
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite else value
+
+
+def _conn_dt(conn: Connection, value: datetime | None) -> Any:
+    return db_datetime(value, sqlite=conn.dialect.name == "sqlite")
 
 
 def _message_tuple(account_id: str, m: NewMessage, idate: Any, stamp: Any) -> tuple[Any, ...]:
@@ -384,14 +370,3 @@ def put_placements(conn: Connection, rows: list[tuple[int, int, str, str]]) -> N
         "flags = excluded.flags",
         rows,
     )
-
-
-def message_ids_of_account(conn: Connection, account_id: str) -> list[str]:
-    return [
-        r[0]
-        for r in conn.execute(
-            select(messages.c.message_id).where(
-                and_(messages.c.account_id == account_id, messages.c.deleted_at.is_(None))
-            )
-        )
-    ]

@@ -346,7 +346,7 @@ class SyncEngine:
             mailstore.update_flags(conn, flag_updates)
             if new_refs and run.had_messages and any(r.provider_id is None for r in new_refs):
                 new_refs = run.provider.identify(new_refs)
-            attach: list[dict[str, Any]] = []
+            attach: list[tuple[int, int, str, str]] = []
             revived: list[int] = []
             with_ids = [r.provider_id for r in new_refs if r.provider_id]
             known_msgs = mailstore.messages_by_provider_id(conn, run.account_id, with_ids) if with_ids else {}
@@ -355,17 +355,10 @@ class SyncEngine:
                 if km is None or (km.headers_only and run.parts is FetchParts.FULL):
                     to_fetch.append(ref)
                     continue
-                attach.append(
-                    {
-                        "message_id": km.id,
-                        "folder_id": folder_id,
-                        "remote_key": ref.remote_key,
-                        "flags": mailstore.flags_text(ref.flags or ()),
-                    }
-                )
+                attach.append((km.id, folder_id, ref.remote_key, mailstore.flags_text(ref.flags or ())))
                 if km.deleted:
                     revived.append(km.id)
-            mailstore.upsert_placements(conn, attach)
+            mailstore.put_placements(conn, attach)
             mailstore.revive(conn, revived)
             if affected:
                 mailstore.sweep_orphans(conn, affected, at)

@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from inboxlink.domain import Address
 from inboxlink.mime.parse import parse_many
 from inboxlink.providers.base import provider_id_for_message_id
 from inboxlink.store.blobs import BlobStore
+from inboxlink.store.mailstore import db_datetime
 
 # One prepared message:
 #   (provider_id, message_id, subject, from_email, from_name, date, snippet, text_body, has_html,
@@ -35,17 +35,6 @@ from inboxlink.store.blobs import BlobStore
 Prepared = tuple[Any, ...]
 
 _EMPTY_LIST = "[]"
-
-
-def db_datetime(value: datetime | None, *, sqlite: bool) -> Any:
-    """A datetime as the database stores it: UTC always; on SQLite, text of one fixed shape (the one
-    SQLAlchemy's SQLite DateTime reads) so that text order is time order."""
-    if value is None:
-        return None
-    value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    if sqlite:
-        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
-    return value
 
 
 def _pairs(addrs: Sequence[Address]) -> list[list[str | None]]:

@@ -55,8 +55,8 @@ from inboxlink.providers.imap import mapping
 SECURITY_MODES = ("tls", "starttls", "none")
 
 # Ramp: small first batches so the first messages land in a second, then large ones for throughput.
-_RAMP = (50, 100, 200, 500, 1000)
-_BATCH_BYTES = 24 << 20  # cap a FETCH at about 24 MB when sizes are known
+_RAMP = (50, 100, 200, 400)
+_BATCH_BYTES = 8 << 20  # cap a FETCH at about 8 MB when sizes are known (memory bound)
 
 
 @dataclass(frozen=True)
