@@ -763,3 +763,220 @@ def test_fold_quotes_french_attribution() -> None:
     new, tail = fold_quotes("Merci !\n\nLe lun. 1 janv. 2024 à 10:00, Bob <b@x> a écrit :\n> texte\n")
     assert new == "Merci !"
     assert tail is not None and tail.startswith("Le lun.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Fast paths agree with the general ones they stand in for
+
+EXACT = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_odd_space_is_all_whitespace_but_space_and_newline() -> None:
+    odd = {chr(c) for c in range(0x110000) if chr(c).isspace()} - {" ", "\n"}
+    assert {c for c in odd if parse_mod._ODD_SPACE.fullmatch(c)} == odd
+    assert all(parse_mod._ODD_SPACE.fullmatch(chr(c)) is None for c in range(0x3100) if chr(c) not in odd)
+
+
+Q_PIECES = ["a", "Z", "_", " ", "=", "=3D", "=C3=A9", "=c3=a9", "=E9", "=0", "=G1", "=\t", ".", "?", "==",
+            "=20", "=5F", "caf", "\\", "(", '"', ","]  # fmt: skip
+B_PAYLOADS = ["", "////", "Y2Fm", "Y2Fm6Q", "Y2Fm6Q=", "@@@@", "w6k", "=", "YQ==YQ=="]
+WORD_CHARSETS = ["utf-8", "UTF-8", "iso-8859-1", "ISO-8859-1", "windows-1252", "unknown-8bit", "x-bogus", "",
+                 "utf-8*en", "shift_jis", "koi8-r", "us-ascii", "utf-16"]  # fmt: skip
+WORD_GAPS = ["", " ", "  ", "\t", " \t ", "Re: ", " x ", "=?", "?=", " =? ", "a?b", "(c)", '"']
+
+_q_payload = st.lists(st.sampled_from(Q_PIECES), max_size=8).map("".join)
+_b_payload = st.binary(max_size=12).map(lambda b: base64.b64encode(b).decode()) | st.sampled_from(B_PAYLOADS)
+_charset = st.sampled_from(WORD_CHARSETS)
+_encoded_word = st.one_of(
+    st.builds(lambda c, e, p: f"=?{c}?{e}?{p}?=", _charset, st.sampled_from("qQ"), _q_payload),
+    st.builds(lambda c, e, p: f"=?{c}?{e}?{p}?=", _charset, st.sampled_from("bB"), _b_payload),
+)
+_ascii_line = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=40)
+_header_words = st.one_of(
+    st.lists(st.one_of(_encoded_word, st.sampled_from(WORD_GAPS)), max_size=7).map("".join),
+    _ascii_line.map(lambda s: s + "=?"),
+    st.text(max_size=20).map(lambda s: s + " =?utf-8?q?caf=C3=A9?="),
+)
+
+
+@EXACT
+@given(_header_words)
+def test_decode_words_fast_path_agrees_with_decode_header(value: str) -> None:
+    assert parse_mod._decode_words(value) == parse_mod._decode_words_std(value)
+
+
+NAME_WORDS = ['"Smith, Ann"', '"a  b"', '""', '"x<y@z>"', "=?utf-8?q?J=C3=B6rg?=", "=?utf-8?q?A=2C_B?=",
+              '"q\\"uote"', "(comment)", "Q.", '"é"']  # fmt: skip
+ODD_MAILBOXES = ["<>", "John", "g: a@b.c;", "a@b.c (Name)", "< a@b.c >", "a@b.c@d.e", "@b.c", "a@", '"a"@b.c']
+LIST_SEPARATORS = [", ", ",", " , ", ",,", " "]
+
+_atext = st.text(alphabet="abcXYZ019!#$%&'*+/=?^_`{|}~-", min_size=1, max_size=6)
+_addr_spec = st.builds(
+    lambda a, b, c: f"{a}@{b}.{c}", st.lists(_atext, min_size=1, max_size=2).map(".".join), _atext, _atext
+)
+_name_word = st.text(alphabet="abcXYZ.019-_!é東", min_size=1, max_size=6) | st.sampled_from(NAME_WORDS)
+_name = st.lists(st.tuples(_name_word, st.sampled_from([" ", "", "  ", "\t"])), min_size=1, max_size=4).map(
+    lambda ws: "".join(w + s for w, s in ws)
+)
+_mailbox = st.one_of(
+    _addr_spec,
+    st.builds(lambda n, a: f"{n}<{a}>", _name, _addr_spec),
+    st.builds(lambda a: f"<{a}>", _addr_spec),
+    st.sampled_from(ODD_MAILBOXES),
+)
+_address_list = st.lists(st.tuples(_mailbox, st.sampled_from(LIST_SEPARATORS)), min_size=1, max_size=4).map(
+    lambda ms: "".join(m + s for m, s in ms)[:-1].strip()
+)
+
+
+@EXACT
+@given(_address_list)
+def test_address_fast_path_agrees_with_getaddresses(value: str) -> None:
+    parse_mod._ADDRESS_LISTS.clear()
+    first = parse_mod._addresses(value)
+    assert first == parse_mod._std_addresses(value)
+    first.append(Address("mutated@x"))  # a cached result is copied, never shared
+    assert parse_mod._addresses(value) == parse_mod._std_addresses(value)
+
+
+USUAL_ADDRESS_LISTS = [
+    "a@b.com",
+    "Alex Morgan <alex.morgan@brightwave.io>",
+    "=?utf-8?q?J=C3=B6rg?= <j@x.org>",
+    '"Smith, Ann" <ann@example.org>, b@c.d',
+    "<a@example.com>, John X. Doe <j@example.com>",
+]
+
+
+def test_address_fast_path_takes_the_usual_shapes() -> None:
+    for value in USUAL_ADDRESS_LISTS:
+        assert parse_mod._SIMPLE_ADDRESS_LIST.fullmatch(value) is not None, value
+
+
+HEADER_NAMES_SEEN = ["From", "FROM", "to", "Subject", "Message-ID", "Message-Id", "References", "X-Junk",
+                     "Received", "Sub ject", "", "\x0cFrom", "Cc\t", "Date ", "Bcc", "reply-to",
+                     "é"]  # fmt: skip
+ODD_HEADER_LINES = [
+    "no colon here",
+    "\r",
+    "\r\r",
+    "\rx",
+    "x\r: y",
+    "From MAILER-DAEMON Fri Jul  8 12:08:34 2011",
+]
+
+_header_line = st.one_of(
+    st.builds(
+        lambda n, sep, v: f"{n}{sep}{v}",
+        st.sampled_from(HEADER_NAMES_SEEN),
+        st.sampled_from([":", ": ", " : ", ":\t", "::", ""]),
+        st.text(max_size=20).map(lambda s: s.replace("\n", " ")),
+    ),
+    st.builds(lambda ws, v: ws + v, st.sampled_from([" ", "\t", "  "]), st.text(max_size=15)).map(
+        lambda s: s.replace("\n", " ")
+    ),
+    st.sampled_from(ODD_HEADER_LINES),
+)
+
+
+@EXACT
+@given(st.lists(_header_line, max_size=10), st.sampled_from(["\n", "\r\n"]))
+def test_header_regex_reader_agrees_with_line_reader(lines: list[str], eol: str) -> None:
+    raw = (eol.join(lines) + eol + eol + "body").encode("utf-8", "surrogatepass")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    assert parse_mod._read_headers(raw) == parse_mod._read_header_lines(parse_mod._header_block(raw))
+
+
+def test_header_block_ends_at_a_line_without_colon_and_at_an_empty_first_line() -> None:
+    raw = b"Subject: kept\r\nnot a header\r\nFrom: lost@x\r\n\r\nbody"
+    for headers_only in (False, True):
+        p = one(raw, headers_only=headers_only)
+        assert p.subject == "kept" and p.from_ == [], headers_only
+    assert one(b"\r\nSubject: body text\r\n\r\nx", headers_only=True).subject is None
+    assert one(b"\nSubject: body text\n\nx", headers_only=True).subject is None
+
+
+_date_text = st.builds(
+    lambda wd, d, m, y, hh, mm, ss, tz, tail: f"{wd}{d} {m} {y} {hh}:{mm}:{ss} {tz}{tail}",
+    st.sampled_from(["", "Mon, ", "xyz,", "Tue,  "]),
+    st.sampled_from(["1", "01", "31", "30", "0", "29", "١"]),
+    st.sampled_from(["Jan", "feb", "FEB", "Mar", "Xyz", "DEC", "jUn"]),
+    st.sampled_from(["2024", "2023", "0000", "0001", "9999", "1900"]),
+    st.sampled_from(["00", "09", "23", "24", "99"]),
+    st.sampled_from(["00", "59", "60"]),
+    st.sampled_from(["00", "59", "60", "61"]),
+    st.sampled_from(["+0000", "-0000", "+0100", "-0130", "+2359", "+2400", "+0099", "-9999", "+1260"]),
+    st.sampled_from(["", " ", " (UTC)", " (CET) "]),
+)
+
+
+def _date_outcome(fn: object, m: object) -> object:
+    try:
+        return fn(m)  # type: ignore[operator]
+    except ValueError:
+        return ValueError
+
+
+@EXACT
+@given(_date_text)
+def test_iso_date_path_agrees_with_field_path(value: str) -> None:
+    m = parse_mod._FAST_DATE.fullmatch(value)
+    assert m is not None
+    fast, slow = _date_outcome(parse_mod._fast_date, m), _date_outcome(parse_mod._fast_date_fields, m)
+    assert fast == slow
+    if isinstance(fast, datetime) and isinstance(slow, datetime):
+        assert fast.utcoffset() == slow.utcoffset()
+
+
+_spacey_text = st.text(alphabet=st.sampled_from(list("ab \n\t\r\x0b\x0c\x1c\x1f\x85\xa0\u2003\u3000\u200b.")))
+
+
+@EXACT
+@given(_spacey_text)
+def test_whitespace_collapse_fast_path_agrees_with_line_by_line(text: str) -> None:
+    assert parse_mod._collapse_whitespace(text) == parse_mod._collapse_lines(text)
+
+
+def test_html_to_text_with_a_character_whose_lower_case_is_longer() -> None:
+    # str.lower() turns "İ" into two characters: indexes taken from a lower-cased copy would drift.
+    assert html_to_text("İİİİ<script>x</script>y <!-- c --> z") == "İİİİ y z"
+    assert html_to_text("<ſcript>x</script>y") == "xy"  # ASCII case folding for the tag names
+    raw = "From: a@b\r\nContent-Type: text/html; charset=utf-8\r\n\r\nİİİİ<style>p{}</style>hello".encode()
+    p = one(raw)
+    assert p.text == "İİİİ hello" and p.parse_note is None
+
+
+def test_headers_only_does_not_need_fast_mail_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("fast-mail-parser called for headers only")
+
+    monkeypatch.setattr(parse_mod.fmp, "parse_many", boom)
+    monkeypatch.setattr(parse_mod.fmp, "parse_email", boom)
+    block = ALTERNATIVE.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    p = one(block, headers_only=True)
+    assert p.subject == "Réunion de lundi" and p.parse_note is None
+
+
+def test_undecodable_encoded_words_are_decoded_in_every_tier() -> None:
+    raw = b"Subject: =?unknown-8bit?q?caf=C3=A9?=\r\nList-Id: =?x-bogus?q?caf=E9?= <l.x>\r\n\r\nbody\r\n"
+    for headers_only in (False, True):
+        p = one(raw, headers_only=headers_only)
+        assert p.subject == "café" and p.headers["subject"] == "café", headers_only
+        assert p.headers["list-id"] == "café <l.x>", headers_only
+
+
+def test_headers_only_and_full_agree_on_realistic_mail() -> None:
+    from inboxlink.testing.mailgen import generate
+
+    raws = list(generate(300, 7))
+    heads = [r.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" for r in raws]
+    fields = ("message_id", "subject", "date", "from_", "to", "cc", "bcc", "reply_to", "in_reply_to",
+              "references", "headers")  # fmt: skip
+    for full, head in zip(parse_many(raws), parse_many(heads, headers_only=True), strict=True):
+        if full.parse_note and "stdlib" in full.parse_note:
+            continue
+        for f in fields:
+            assert getattr(full, f) == getattr(head, f), (f, full.message_id)

@@ -3,18 +3,34 @@
 `parse_many` is the hot path of a sync. Three tiers, per message:
 
 1. `fast_mail_parser.parse_many` (Rust, parallel, GIL released for the batch) in "lazy" mode: bodies
-   decoded, attachments decoded only when we read them (we do, for the size, but nothing keeps them).
-   Headers-only input uses "metadata" mode, which decodes nothing.
+   decoded, attachments decoded only when we read them (we do, for the exact size, but nothing keeps
+   them).
 2. The stdlib `email` package (compat32 policy: lenient, and about three times as fast as `default`,
    whose `get_content` raises LookupError for `unknown-8bit`) when fast-mail-parser refuses the
    message (invalid base64 in a body part...) or returned something known to be lossy (below).
 3. A "raw fallback" built from the header lines read by hand, when even the stdlib fails.
+
+Headers-only input does not go through fast-mail-parser at all: its header block is read by hand
+(`_read_headers`, the reader tiers 2 and 3 use too), which costs less than fast-mail-parser's metadata
+parse alone, let alone reading its result back.
 
 Whatever happens, one `ParsedMessage` per input, same order, and nothing raises. `parse_note` says
 which fallback was used and why. Header fields are derived the same way in all tiers: message-ids
 lose their angle brackets, RFC 2047 words are decoded (unknown charsets as UTF-8, else
 Windows-1252), dates become aware datetimes (naive ones are taken as UTC; unparseable ones are None),
 addresses follow `email.utils.getaddresses`. Text keeps the message's line endings (CRLF, usually).
+On malformed headers the hand reader and fast-mail-parser can still differ in details: the hand
+reader strips header names and values of any Unicode whitespace, reads undeclared 8-bit bytes as
+UTF-8 else Windows-1252, leaves encoded-words in a Message-ID alone, and parses junk address lists
+the way `getaddresses` does.
+
+Speed (CPU per message matters: a sync is CPU-bound). The general helpers have fast paths for the
+common case, each falling back to the general code for anything else and tested to agree with it:
+the header block read with one regex when it is valid UTF-8 (`_read_header_lines` otherwise);
+RFC 2047 words on one ASCII line decoded directly (`_decode_words_std`, i.e. `decode_header`,
+otherwise); address lists of plain mailboxes read with a regex (`getaddresses` otherwise) and
+cached by header value; the usual Date shape parsed by `datetime.fromisoformat`; HTML text whose
+lines only need stripping collapsed without splitting every line into words.
 
 fast-mail-parser 0.10.0 quirks, and what is done about them:
 - header names keep the case they were written in (`Message-Id` / `Message-ID`): lower-cased here;
@@ -196,31 +212,43 @@ def _decode_words_std(value: str) -> str:
 
 
 def _decode_words_line(value: str) -> str:
-    """`decode_header` + `_decode_bytes` for one ASCII line: text between encoded-words is kept (the
-    first lstripped) unless it is whitespace between two encoded-words; adjacent encoded-words in the
-    same charset are joined as bytes before decoding (a character may straddle two of them)."""
+    """`decode_header` + `_decode_bytes` for one ASCII line: the text before the first encoded-word
+    is lstripped; a word whose text is whitespace between two encoded-words is dropped (even an
+    encoded one, as `decode_header` does); adjacent encoded-words in the same charset are joined as
+    bytes before decoding (a character may straddle two of them)."""
     parts = _ENCODED_WORD.split(value)  # text, (charset, q/b, encoded, text)*
     if len(parts) == 1:
         return value
-    out: list[str] = []
+    words: list[tuple[str, str, str | None]] = []  # (text, charset, encoding or None for plain text)
     text = parts[0].lstrip()
     if text:
-        out.append(text)
-    run = b""
-    run_charset: str | None = None
-    last = len(parts) - 4
+        words.append((text, "", None))
     for i in range(1, len(parts), 4):
-        charset = parts[i].lower()
-        encoded = parts[i + 2]
-        if parts[i + 1] in "qQ":
-            if _QP_ODD_EQUALS.search(encoded) is None:
-                word = binascii.a2b_qp(encoded.encode("ascii"), header=True)
+        words.append((parts[i + 2], parts[i].lower(), parts[i + 1]))
+        if parts[i + 3]:
+            words.append((parts[i + 3], "", None))
+    last = len(words) - 1
+    out: list[str] = []
+    run = b""
+    run_charset: str | None = None  # None: no encoded-word pending
+    for k, (text, charset, encoding) in enumerate(words):
+        if 0 < k < last and words[k - 1][2] and words[k + 1][2] and text.isspace():
+            continue
+        if encoding is None:
+            if run_charset is not None:
+                out.append(_decode_bytes(run, run_charset))
+                run_charset = None
+            out.append(text)
+            continue
+        if encoding in "qQ":
+            if _QP_ODD_EQUALS.search(text) is None:
+                word = binascii.a2b_qp(text.encode("ascii"), header=True)
             else:
-                word = quoprimime.header_decode(encoded).encode("latin-1")
-        elif encoded:
-            if len(encoded) % 4:
-                encoded += "==="[: 4 - len(encoded) % 4]
-            word = binascii.a2b_base64(encoded.encode("ascii"))
+                word = quoprimime.header_decode(text).encode("latin-1")
+        elif text:
+            if len(text) % 4:
+                text += "==="[: 4 - len(text) % 4]
+            word = binascii.a2b_base64(text.encode("ascii"))
         else:
             word = b""
         if charset == run_charset:
@@ -229,11 +257,6 @@ def _decode_words_line(value: str) -> str:
             if run_charset is not None:
                 out.append(_decode_bytes(run, run_charset))
             run, run_charset = word, charset
-        text = parts[i + 3]
-        if text and (i == last or not text.isspace()):
-            out.append(_decode_bytes(run, run_charset))
-            out.append(text)
-            run_charset = None
     if run_charset is not None:
         out.append(_decode_bytes(run, run_charset))
     return "".join(out)
@@ -246,12 +269,22 @@ def _decode_words_line(value: str) -> str:
 # <br>, <hr>, and the opening or closing tag of p, div, tr, li, h1-h6, table, blockquote, ul, ol, pre,
 # dd, dt (factored: the regex engine tries fewer alternatives at each "<").
 _BLOCK_TAG = re.compile(
-    r"<(?:/?(?:p|div|tr|li|h[1-6]|table|blockquote|ul|ol|pre|d[dt])|[bh]r)\b[^<>]*>", re.IGNORECASE
+    r"<(?:/?(?:p|div|tr|li|h[1-6]|table|blockquote|ul|ol|pre|d[dt])|[bh]r)\b[^<>]*+>", re.IGNORECASE
 )
 _CELL_TAG = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
-_ANY_TAG = re.compile(r"<[^<>]*>")
-_DROP_START = re.compile(r"<(?:!--|script|style|head\b)", re.IGNORECASE)
-_DROP_BLOCKS = {"<!--": "-->", "<script": "</script", "<style": "</style", "<head": "</head"}
+_ANY_TAG = re.compile(r"<[^<>]*+>")
+# Comments, scripts, styles and the head, dropped whole: an opener and what closes it. ASCII case
+# folding, spelt out (str.lower() would change the length of "İ", shifting every index after it).
+_DROP_START = re.compile(r"<(?:(!--)|([sS][cC][rR][iI][pP][tT])|([sS][tT][yY][lL][eE])|([hH][eE][aA][dD])\b)")
+_DROP_END = {
+    1: re.compile(r"-->"),
+    2: re.compile(r"</script", re.IGNORECASE | re.ASCII),
+    3: re.compile(r"</style", re.IGNORECASE | re.ASCII),
+    4: re.compile(r"</head", re.IGNORECASE | re.ASCII),
+}
+# Whitespace other than " " and "\n": what str.split() and str.strip() see besides those two.
+_ODD_SPACE = re.compile("[\t\x0b\x0c\r\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+_BLANK_LINES = re.compile(r"\n\n\n+")
 
 
 def _drop_blocks(html: str) -> str:
@@ -259,16 +292,14 @@ def _drop_blocks(html: str) -> str:
     m = _DROP_START.search(html)
     if m is None:
         return html
-    lower = html.lower()
     out: list[str] = []
     pos = 0
     while m is not None:
-        start = m.start()
-        out.append(html[pos:start])
-        close = lower.find(_DROP_BLOCKS[lower[start : m.end()].rstrip()], m.end())
-        if close < 0:
+        out.append(html[pos : m.start()])
+        close = _DROP_END[m.lastindex or 1].search(html, m.end())
+        if close is None:
             return " ".join(out)
-        gt = lower.find(">", close)
+        gt = html.find(">", close.start())
         pos = len(html) if gt < 0 else gt + 1
         m = _DROP_START.search(html, pos)
     out.append(html[pos:])
@@ -276,13 +307,29 @@ def _drop_blocks(html: str) -> str:
 
 
 def html_to_text(html: str) -> str:
-    """A cheap plain-text rendering of HTML: tags stripped, entities decoded, whitespace collapsed."""
+    """A cheap plain-text rendering of HTML: tags stripped, entities decoded, whitespace collapsed
+    (runs of blanks within a line to one space, lines stripped, at most one empty line in a row)."""
     text = _drop_blocks(html)
     text = _BLOCK_TAG.sub("\n", text)
     text = _CELL_TAG.sub(" ", text)
     text = _ANY_TAG.sub("", text)
     if "&" in text:
         text = html_lib.unescape(text)
+    return _collapse_whitespace(text)
+
+
+def _collapse_whitespace(text: str) -> str:
+    """`_collapse_lines`, faster when stripping each line is enough (no run of blanks and no odd
+    whitespace inside a line: the usual case)."""
+    stripped = "\n".join([line.strip() for line in text.split("\n")])
+    if "  " not in stripped and _ODD_SPACE.search(stripped) is None:
+        return _BLANK_LINES.sub("\n\n", stripped).strip()
+    return _collapse_lines(text)
+
+
+def _collapse_lines(text: str) -> str:
+    """Runs of whitespace within a line to one space, lines stripped, at most one empty line in a
+    row, no empty line first or last."""
     lines = [" ".join(line.split()) for line in text.split("\n")]
     out: list[str] = []
     for line in lines:
@@ -534,8 +581,10 @@ def _std_addresses(value: str | None) -> list[Address]:
 _HEADER_END = re.compile(rb"\n\r?\n")
 # One header field (from the start of its line, which the caller marks with a "\n"): a name that
 # does not start with whitespace (that would be a continuation line), a colon, the value with its
-# continuation lines. (Possessive: nothing after each run could match what it would give back.)
-_HEADER_FIELD = re.compile(r"\n([^\n\t :][^\n:]*+):([^\n]*+(?:\n[\t ][^\n]*+)*+)")
+# continuation lines; or else a line without a colon, which ends the header block (as it does for
+# fast-mail-parser and the stdlib) and comes out as ("", ""). Possessive quantifiers: nothing after
+# each run could match what it would give back.
+_HEADER_FIELD = re.compile(r"\n(?:([^\n\t :][^\n:]*+):([^\n]*+(?:\n[\t ][^\n]*+)*+)|[^\n\t :][^\n]*+)")
 # Header name as written -> the wanted name it stands for, or "" (names repeat across messages).
 _HEADER_KEYS: dict[str, str] = {}
 
@@ -563,14 +612,18 @@ def _header_end(raw: bytes, limit: int) -> tuple[int, int] | None:
     return (start - 1 if start and raw[start - 1] == 13 else start), m.end()
 
 
+def _header_block(raw: bytes) -> bytes:
+    end = _header_end(raw, _HEADER_BLOCK_MAX)
+    return raw[: end[0]] if end is not None else raw[:_HEADER_BLOCK_MAX]
+
+
 def _read_headers(raw: bytes) -> dict[str, str]:
     """The wanted headers of `raw`, read by hand: lower-cased name -> first value, unfolded and
     decoded from bytes (UTF-8, else Windows-1252) but not RFC 2047-decoded. Never raises for bytes.
 
     A header block that is valid UTF-8 (nearly all) is read with one regex; others line by line
     (`_read_header_lines`, which defines the result: the two agree, tested)."""
-    end = _header_end(raw, _HEADER_BLOCK_MAX)
-    block = raw[: end[0]] if end is not None else raw[:_HEADER_BLOCK_MAX]
+    block = _header_block(raw)
     try:
         text = block.decode("utf-8")
     except UnicodeDecodeError:
@@ -580,6 +633,8 @@ def _read_headers(raw: bytes) -> dict[str, str]:
     for name, value in _HEADER_FIELD.findall("\n" + text):
         key = keys.get(name)
         if key is None:
+            if not name:
+                break
             key = _header_key(name)
         if not key or key in out:
             continue
@@ -592,7 +647,8 @@ def _read_headers(raw: bytes) -> dict[str, str]:
 
 def _read_header_lines(block: bytes) -> dict[str, str]:
     """`_read_headers` for any header block, line by line (a line that is not valid UTF-8 is read as
-    Windows-1252, so one stray byte does not spoil the rest)."""
+    Windows-1252, so one stray byte does not spoil the rest). A line without a colon (other than a
+    continuation line) ends the headers; a name is compared stripped and lower-cased."""
     out: dict[str, str] = {}
     name: str | None = None
     parts: list[str] = []
@@ -613,8 +669,11 @@ def _read_header_lines(block: bytes) -> dict[str, str]:
             continue
         flush()
         key, sep, value = line.partition(":")
+        if not sep:  # not a header line: the headers end here
+            name = None
+            break
         key = key.strip().lower()
-        if not sep or not key or " " in key:
+        if not key or " " in key:
             name = None
             continue
         name, parts = key, [value.strip()]
@@ -840,23 +899,28 @@ def _from_fmp(mail: fmp.PyLazyMail, raw: bytes) -> ParsedMessage:
             text = html_to_text(html)
     attachments, note = _attachments(fmp_atts) if fmp_atts else ([], None)
 
-    subject = sel.get("subject")
-    if subject is not None and "=?" in subject:
-        subject = _decode_words(subject)
-    # What is left of `sel` is the stored selection.
+    message_id = normalize_message_id(sel.get("message-id"))
+    in_reply_to = _first_reference(sel.get("in-reply-to"))
+    references = _references(sel.get("references"))
+    date = _date(sel.get("date"))
+    # What is left of `sel` is the stored selection; encoded-words fast-mail-parser left alone
+    # (unknown charsets) are decoded, as in the other tiers.
     sel.pop("bcc", None)
     sel.pop("reply-to", None)
+    for k, v in sel.items():
+        if "=?" in v:
+            sel[k] = _decode_words(v)
     return ParsedMessage(
-        message_id=normalize_message_id(sel.get("message-id")),
-        subject=subject,
-        date=_date(sel.get("date")),
+        message_id=message_id,
+        subject=sel.get("subject"),
+        date=date,
         from_=lists[0],
         to=lists[1],
         cc=lists[2],
         bcc=lists[3],
         reply_to=lists[4],
-        in_reply_to=_first_reference(sel.get("in-reply-to")),
-        references=_references(sel.get("references")),
+        in_reply_to=in_reply_to,
+        references=references,
         text=text,
         html=html,
         snippet=_snippet(text) if text else "",
