@@ -127,6 +127,21 @@ class Result:
 # --------------------------------------------------------------------------- child processes
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from /proc/<pid>/task/*/children."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except OSError:
+            pass
+    return out
+
+
 def run_child(
     argv: Sequence[str],
     *,
@@ -136,8 +151,8 @@ def run_child(
 ) -> tuple[int, float, float, float, bytes, bytes]:
     """Run one child; return (exit code, wall s, peak RSS MB, CPU s of that child, stdout, stderr).
 
-    Peak RSS is the child's VmHWM, polled from /proc while it runs (the high-water mark of its own
-    address space, so only growth in its last poll interval could be missed). wait4's ru_maxrss is
+    Peak RSS is the sum of the VmHWM of the child and of its descendants, polled from /proc while it
+    runs (each the high-water mark of its own address space, so only growth in its last poll interval could be missed). wait4's ru_maxrss is
     not usable alone: the kernel folds the pre-exec address space into it, and a vfork/fork child's
     pre-exec address space is this (large) process's, so every child would report at least our RSS.
     We keep ru_maxrss as a fallback when /proc cannot be read.
@@ -148,17 +163,17 @@ def run_child(
             inp.seek(0)
         started = time.perf_counter()
         process = subprocess.Popen(list(argv), stdin=inp, stdout=out, stderr=err, env=env, cwd=cwd)
-        status_path = f"/proc/{process.pid}/status"
         deadline = started + CHILD_TIMEOUT
-        hwm_kb = 0
+        peaks: dict[int, int] = {}  # pid -> VmHWM kB, for the child and every descendant (workers)
         while True:
-            try:
-                with open(status_path, "rb") as status_file:
-                    match = _VMHWM.search(status_file.read())
-                if match:
-                    hwm_kb = max(hwm_kb, int(match[1]))
-            except OSError:
-                pass
+            for pid_ in _tree(process.pid):
+                try:
+                    with open(f"/proc/{pid_}/status", "rb") as status_file:
+                        match = _VMHWM.search(status_file.read())
+                    if match:
+                        peaks[pid_] = max(peaks.get(pid_, 0), int(match[1]))
+                except OSError:
+                    pass
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
@@ -171,7 +186,9 @@ def run_child(
         process.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, not by Popen
         out.seek(0)
         err.seek(0)
-        rss_kb = hwm_kb or usage.ru_maxrss
+        # The sum of each process's own peak: an upper bound of the tree's peak (they may not peak
+        # together), so a sync that hands work to a worker process is charged for the worker too.
+        rss_kb = sum(peaks.values()) or usage.ru_maxrss
         cpu = usage.ru_utime + usage.ru_stime
         return process.returncode, seconds, rss_kb / 1024.0, cpu, out.read(), err.read()
 
