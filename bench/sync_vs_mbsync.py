@@ -153,8 +153,9 @@ def run_child(
 
     Peak RSS is the sum of the VmHWM of the child and of its descendants, polled from /proc while it
     runs (each the high-water mark of its own address space, so only growth in the last poll
-    interval could be missed). wait4's ru_maxrss is not usable alone: the kernel folds the pre-exec address space into it, and a vfork/fork child's
-    pre-exec address space is this (large) process's, so every child would report at least our RSS.
+    interval could be missed). wait4's ru_maxrss is not usable alone: the kernel folds the pre-exec
+    address space into it, and a vfork/fork child's pre-exec address space is this (large)
+    process's, so every child would report at least our RSS.
     We keep ru_maxrss as a fallback when /proc cannot be read.
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as inp:
