@@ -67,3 +67,24 @@ def test_prepare_never_raises_on_arbitrary_bytes(raws: list[bytes], headers_only
     rows = prepare_batch(raws, headers_only, True)
     assert len(rows) == len(raws)
     assert all(isinstance(r[0], str) and r[0] for r in rows), "every message gets an identity"
+
+
+def test_worker_prepares_exactly_what_the_process_would(tmp_path: Path) -> None:
+    """The prepare worker reads the blobs the fetch thread wrote and returns the same rows as an
+    in-process `prepare_batch` of the same bytes."""
+    from inboxlink.store.blobs import BlobStore
+    from inboxlink.sync.prepare import PreparePool
+    from inboxlink.testing.mailgen import generate
+
+    raws = list(generate(120, seed=9))
+    store = BlobStore(tmp_path / "blobs")
+    refs = store.put_many(raws)
+    store.flush()
+    pool = PreparePool()
+    try:
+        for headers_only in (False, True):
+            remote = pool.submit(store.root, refs, headers_only, True).result(timeout=120)
+            assert remote == prepare_batch(raws, headers_only, True)
+    finally:
+        pool.close()
+        store.close()

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         default=None, description="when set, the API requires `Authorization: Bearer <token>`"
     )
+    prepare_workers: int = Field(
+        default=1,
+        ge=0,
+        le=8,
+        description="worker processes that parse downloaded mail during a large sync (0: parse in-process)",
+    )
     log_level: str = "INFO"
     sync_interval_seconds: float = Field(default=60.0, description="poll interval when push is not available")
     connect_timeout_seconds: float = 20.0

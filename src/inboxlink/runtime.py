@@ -30,7 +30,7 @@ class Runtime:
         db = open_database(settings)
         box = load_secret_box(settings)
         accounts = AccountService(db, settings, box)
-        engine = SyncEngine(db, accounts.open_provider)
+        engine = SyncEngine(db, accounts.open_provider, prepare_workers=settings.prepare_workers)
         return cls(settings=settings, db=db, box=box, accounts=accounts, engine=engine)
 
     def close(self) -> None:

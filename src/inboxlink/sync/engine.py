@@ -110,14 +110,17 @@ def _holder_is_dead(owner: str) -> bool:
 
 
 class SyncEngine:
-    def __init__(self, db: Database, open_provider: Callable[[str], MailProvider]) -> None:
+    def __init__(
+        self, db: Database, open_provider: Callable[[str], MailProvider], *, prepare_workers: int = 1
+    ) -> None:
         self.db = db
         self.open_provider = open_provider
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._pool = PreparePool()
+        self._pool = PreparePool(prepare_workers) if prepare_workers > 0 else None
 
     def close(self) -> None:
-        self._pool.close()
+        if self._pool is not None:
+            self._pool.close()
 
     # -- leases --------------------------------------------------------------------------------
     def _lease(self, account_id: str) -> bool:
@@ -376,7 +379,7 @@ class SyncEngine:
         total = len(refs)
         headers_only = run.parts is FetchParts.HEADERS
         sqlite = self.db.is_sqlite
-        pool = self._pool if total >= POOL_THRESHOLD else None
+        pool = self._pool if total >= POOL_THRESHOLD and self._pool is not None else None
         stop = threading.Event()
         fetched: queue.Queue[Any] = queue.Queue(maxsize=3)
 

@@ -109,15 +109,17 @@ def _warm(parent: int) -> None:
 
 
 class PreparePool:
-    """One worker process, started on first use (spawned: the parent has threads, so no fork)."""
+    """Worker processes (one by default), started on first use (spawned: the parent has threads,
+    so no fork)."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
 
     def start(self) -> None:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                max_workers=1,
+                max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_warm,
                 initargs=(os.getpid(),),
