@@ -219,6 +219,8 @@ def _decode_words_line(value: str) -> str:
     parts = _ENCODED_WORD.split(value)  # text, (charset, q/b, encoded, text)*
     if len(parts) == 1:
         return value
+    if len(parts) == 5:  # one encoded-word: nothing to drop or join
+        return parts[0].lstrip() + _decode_bytes(_word_bytes(parts[3], parts[2]), parts[1].lower()) + parts[4]
     words: list[tuple[str, str, str | None]] = []  # (text, charset, encoding or None for plain text)
     text = parts[0].lstrip()
     if text:
@@ -240,17 +242,7 @@ def _decode_words_line(value: str) -> str:
                 run_charset = None
             out.append(text)
             continue
-        if encoding in "qQ":
-            if _QP_ODD_EQUALS.search(text) is None:
-                word = binascii.a2b_qp(text.encode("ascii"), header=True)
-            else:
-                word = quoprimime.header_decode(text).encode("latin-1")
-        elif text:
-            if len(text) % 4:
-                text += "==="[: 4 - len(text) % 4]
-            word = binascii.a2b_base64(text.encode("ascii"))
-        else:
-            word = b""
+        word = _word_bytes(text, encoding)
         if charset == run_charset:
             run += word
         else:
@@ -260,6 +252,19 @@ def _decode_words_line(value: str) -> str:
     if run_charset is not None:
         out.append(_decode_bytes(run, run_charset))
     return "".join(out)
+
+
+def _word_bytes(text: str, encoding: str) -> bytes:
+    """An encoded-word's bytes, as `decode_header` decodes them (binascii.Error for bad base64)."""
+    if encoding in "qQ":
+        if _QP_ODD_EQUALS.search(text) is None:
+            return binascii.a2b_qp(text.encode("ascii"), header=True)
+        return quoprimime.header_decode(text).encode("latin-1")
+    if not text:
+        return b""
+    if len(text) % 4:
+        text += "==="[: 4 - len(text) % 4]
+    return binascii.a2b_base64(text.encode("ascii"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -519,6 +524,7 @@ _MAILBOX = (
 )
 _SIMPLE_ADDRESS_LIST = re.compile(rf"[ \t]*+(?:{_MAILBOX})(?:[ \t]*+,[ \t]*+(?:{_MAILBOX}))*+[ \t]*+")
 _SIMPLE_MAILBOX = re.compile(_MAILBOX)
+_ONE_SIMPLE_MAILBOX = re.compile(rf"[ \t]*+(?:{_MAILBOX})[ \t]*+")
 _PHRASE_WORDS = re.compile(r'"([^"]*)"|([^\s"]+)')
 
 
@@ -536,11 +542,18 @@ def _addresses(value: str | None) -> list[Address]:
     cached = _ADDRESS_LISTS.get(value)
     if cached is not None:
         return list(cached)
-    if _SIMPLE_ADDRESS_LIST.fullmatch(value) is None:
+    mailboxes: list[tuple[str, str, str]] = []
+    one = _ONE_SIMPLE_MAILBOX.fullmatch(value) if "," not in value else None
+    if one is not None:
+        phrase, addr, bare = one.groups("")
+        mailboxes.append((phrase, addr, bare))
+    elif _SIMPLE_ADDRESS_LIST.fullmatch(value) is not None:
+        mailboxes = _SIMPLE_MAILBOX.findall(value)
+    if not mailboxes:
         out = _std_addresses(value)
     else:
         out = []
-        for phrase, addr, bare in _SIMPLE_MAILBOX.findall(value):
+        for phrase, addr, bare in mailboxes:
             if bare:
                 out.append(_address(bare, None))
                 continue
@@ -584,7 +597,10 @@ _HEADER_END = re.compile(rb"\n\r?\n")
 # continuation lines; or else a line without a colon, which ends the header block (as it does for
 # fast-mail-parser and the stdlib) and comes out as ("", ""). Possessive quantifiers: nothing after
 # each run could match what it would give back.
-_HEADER_FIELD = re.compile(r"\n(?:([^\n\t :][^\n:]*+):([^\n]*+(?:\n[\t ][^\n]*+)*+)|[^\n\t :][^\n]*+)")
+_HEADER_FIELD = re.compile(
+    r"\n(?:([^\n\t :][^\n:]*+):([^\n]*+(?:\n[\t ][^\n]*+)*+)"  # name: value
+    r"|[^\n\t :][^\n]*+)"  # or a line without a colon
+)
 # Header name as written -> the wanted name it stands for, or "" (names repeat across messages).
 _HEADER_KEYS: dict[str, str] = {}
 
@@ -693,22 +709,23 @@ def _message(
     """A ParsedMessage: the header fields derived from `_read_headers` output, the rest as given."""
     get = hdrs.get
     headers = hdrs.copy()
-    headers.pop("bcc", None)
-    headers.pop("reply-to", None)
-    for k, v in headers.items():
-        if "=?" in v:
-            headers[k] = _decode_words(v)
+    bcc = headers.pop("bcc", None)
+    reply_to = headers.pop("reply-to", None)
+    for k, value in headers.items():
+        if "=?" in value:
+            headers[k] = _decode_words(value)
+    # (Absent headers are common: no call for them.)
     return ParsedMessage(
         message_id=normalize_message_id(get("message-id")),
         subject=headers.get("subject"),
         date=_date(get("date")),
-        from_=_addresses(get("from")),
-        to=_addresses(get("to")),
-        cc=_addresses(get("cc")),
-        bcc=_addresses(get("bcc")),
-        reply_to=_addresses(get("reply-to")),
-        in_reply_to=_first_reference(get("in-reply-to")),
-        references=_references(get("references")),
+        from_=_addresses(a) if (a := get("from")) else [],
+        to=_addresses(b) if (b := get("to")) else [],
+        cc=_addresses(c) if (c := get("cc")) else [],
+        bcc=_addresses(bcc) if bcc else [],
+        reply_to=_addresses(reply_to) if reply_to else [],
+        in_reply_to=_first_reference(irt) if (irt := get("in-reply-to")) else None,
+        references=_references(refs) if (refs := get("references")) else [],
         text=text,
         html=html,
         snippet=snippet,
