@@ -34,7 +34,7 @@ class Settings(BaseSettings):
         default=None, description="when set, the API requires `Authorization: Bearer <token>`"
     )
     prepare_workers: int = Field(
-        default=1,
+        default=0,
         ge=0,
         le=8,
         description="worker processes that parse downloaded mail during a large sync (0: parse in-process)",

@@ -111,7 +111,7 @@ def _holder_is_dead(owner: str) -> bool:
 
 class SyncEngine:
     def __init__(
-        self, db: Database, open_provider: Callable[[str], MailProvider], *, prepare_workers: int = 1
+        self, db: Database, open_provider: Callable[[str], MailProvider], *, prepare_workers: int = 0
     ) -> None:
         self.db = db
         self.open_provider = open_provider
