@@ -24,8 +24,9 @@ from inboxlink.providers import registry
 from inboxlink.providers.base import MailProvider
 from inboxlink.providers.imap.provider import ImapConfig
 from inboxlink.providers.imap.smtp import check_smtp
+from inboxlink.store import mailstore
 from inboxlink.store.db import Database
-from inboxlink.store.schema import account_transitions, accounts, folders, messages
+from inboxlink.store.schema import account_transitions, accounts, folders
 from inboxlink.sync.state import now, transition
 
 
@@ -194,11 +195,7 @@ class AccountService:
             row = conn.execute(select(accounts).where(accounts.c.id == account_id)).one_or_none()
             if row is None:
                 raise NotFound(f"no account {account_id}")
-            count = conn.execute(
-                select(func.count())
-                .select_from(messages)
-                .where(messages.c.account_id == account_id, messages.c.deleted_at.is_(None))
-            ).scalar_one()
+            count = mailstore.count_messages(conn, account_id)
         return AccountView(
             id=row.id,
             provider=row.provider,

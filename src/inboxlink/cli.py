@@ -168,17 +168,7 @@ def sync(
         finally:
             finish()
     if as_json:
-        _print_json(
-            {
-                "account": report.account,
-                "status": report.status,
-                "reason": report.reason,
-                "messages": report.messages,
-                "fetched": report.fetched,
-                "fetched_bytes": report.fetched_bytes,
-                "seconds": report.seconds,
-            }
-        )
+        _print_json(report.summary())
     else:
         out.print(
             f"{report.account}: {report.status} ({report.reason}); {report.messages} messages, "

@@ -141,16 +141,7 @@ def account_folders(account_id: str, rt: RuntimeDep) -> list[FolderOut]:
 def sync_account(account_id: str, rt: RuntimeDep) -> SyncOut:
     """Sync now and answer when done."""
     rt.accounts.get(account_id)
-    r = rt.engine.sync(account_id)
-    return SyncOut(
-        account=r.account,
-        status=r.status,
-        reason=r.reason,
-        messages=r.messages,
-        fetched=r.fetched,
-        fetched_bytes=r.fetched_bytes,
-        seconds=r.seconds,
-    )
+    return SyncOut(**rt.engine.sync(account_id).summary())
 
 
 @router.delete("/accounts/{account_id}", response_model=AccountOut)

@@ -73,6 +73,18 @@ class SyncReport:
     seconds: float = 0.0
     streams: dict[str, int] = field(default_factory=dict)
 
+    def summary(self) -> dict[str, Any]:
+        """The stable JSON shape shared by `inboxlink sync --json` and `POST .../sync`."""
+        return {
+            "account": self.account,
+            "status": self.status,
+            "reason": self.reason,
+            "messages": self.messages,
+            "fetched": self.fetched,
+            "fetched_bytes": self.fetched_bytes,
+            "seconds": self.seconds,
+        }
+
 
 class AccountBusy(InboxlinkError):
     code = "busy"
