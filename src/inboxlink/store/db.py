@@ -13,7 +13,6 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError, ProgrammingError
-from sqlalchemy.pool import NullPool
 
 from inboxlink.config import Settings
 from inboxlink.store.blobs import BlobStore
@@ -51,10 +50,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # Own the transaction boundaries ourselves: pysqlite's legacy implicit BEGIN is disabled.
+        # A pool, not a connection per transaction: opening a SQLite connection (and running the
+        # pragmas) per committed batch measured ~0.5 s of a 20k-message headers-only sync.
         engine = create_engine(
-            url,
-            connect_args={"check_same_thread": False, "timeout": 30},
-            poolclass=NullPool if ":memory:" not in url else None,
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=5, max_overflow=10
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
