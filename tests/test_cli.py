@@ -67,6 +67,12 @@ def test_pair_sync_accounts_contract(tmp_path: Path, dovecot: Dovecot, mail_user
     synced = json.loads(run(["sync", account, "--once", "--json"], env).stdout)
     assert synced["account"] == account and synced["status"] == "connected"
     assert synced["messages"] == 60 and synced["fetched_bytes"] > 0 and synced["seconds"] >= 0
+    assert paired["smtp_error"] and "2525" in paired["smtp_error"]
+    shown = json.loads(run(["account", account, "--json"], env).stdout)
+    caps = shown["capabilities"]
+    assert caps["qresync"] and caps["smtp_error"] == paired["smtp_error"] and caps["can_send"] is False, (
+        "a sync refreshes the server's facts and keeps what pairing found about sending"
+    )
     again = json.loads(run(["sync", account, "--once", "--json"], env).stdout)
     assert again["messages"] == 60 and again["fetched_bytes"] == 0
     listing = json.loads(run(["accounts", "--json"], env).stdout)

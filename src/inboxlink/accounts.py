@@ -115,16 +115,7 @@ class AccountService:
             if config.smtp_host
             else "no SMTP server configured"
         )
-        capabilities = {
-            "condstore": caps.condstore,
-            "qresync": caps.qresync,
-            "idle": caps.idle,
-            "special_use": caps.special_use,
-            "can_send": smtp_error is None,
-            "smtp_error": smtp_error,
-            "server": caps.server,
-            "raw": list(caps.raw),
-        }
+        capabilities = {**caps.server_facts(), "can_send": smtp_error is None, "smtp_error": smtp_error}
         secret = self.box.encrypt({"password": password})
         at = now()
         with self.db.engine.begin() as conn:

@@ -59,6 +59,18 @@ class Capabilities:
     server: str | None = None
     raw: tuple[str, ...] = ()
 
+    def server_facts(self) -> dict[str, object]:
+        """What the server itself says, as stored in `accounts.capabilities`. Whether sending works
+        is not among them: pairing checks that and records `can_send` / `smtp_error` beside."""
+        return {
+            "condstore": self.condstore,
+            "qresync": self.qresync,
+            "idle": self.idle,
+            "special_use": self.special_use,
+            "server": self.server,
+            "raw": list(self.raw),
+        }
+
 
 @dataclass(frozen=True)
 class Folder:

@@ -22,6 +22,7 @@ the engine should sync them (the inbox first, so a user sees recent mail soonest
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -87,8 +88,6 @@ def provider_id_for_message_id(message_id: str | None, raw: bytes) -> str:
     and servers, since servers don't rewrite headers on copy)."""
     if message_id:
         return message_id
-    import hashlib
-
     end = raw.find(b"\r\n\r\n")
     if end < 0:
         end = raw.find(b"\n\n")

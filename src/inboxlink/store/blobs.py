@@ -4,7 +4,8 @@ Why not rows: the raw MIME of a mailbox is most of its volume; appending it to s
 keeping only a `segment:offset:length` reference in the database measured faster than BLOB rows
 (docs/architecture.md), and keeps the SQLite file small.
 
-Crash safety: the engine writes a batch's blobs and `flush()`es them *before* committing the rows
+Crash safety: `put_many` hands a batch to the OS (`writev`, no user-space buffer) before the engine
+commits the rows
 that point at them. A crash in between leaves unreferenced bytes at the end of a segment (harmless;
 the idempotent upsert re-fetches and appends again) and never a row pointing at missing bytes.
 Each writer (process) appends to a segment of its own, so processes never interleave writes.

@@ -58,7 +58,7 @@ def upsert_folders(conn: Connection, account_id: str, found: Sequence[Folder]) -
     for key, row in existing.items():
         if key not in seen and not row.gone:
             conn.execute(update(folders).where(folders.c.id == row.id).values(gone=True, cursor=None))
-            drop_placements(conn, account_id, folder_id=row.id)
+            drop_placements(conn, row.id)
     return {
         r.key: r.id
         for r in conn.execute(select(folders.c.id, folders.c.key).where(folders.c.account_id == account_id))
@@ -139,7 +139,7 @@ def remove_placements(conn: Connection, folder_id: int, keys: Sequence[str]) -> 
     return affected
 
 
-def drop_placements(conn: Connection, account_id: str, folder_id: int) -> set[int]:
+def drop_placements(conn: Connection, folder_id: int) -> set[int]:
     rows = conn.execute(
         delete(placements).where(placements.c.folder_id == folder_id).returning(placements.c.message_id)
     )

@@ -11,9 +11,11 @@ One run for one account:
                1. one transaction: reset / removed / present-sweep, flag updates of known
                   placements, placements of messages we already hold (re-attached, not fetched)
                2. the rest is fetched in a pipeline:
-                      provider.fetch (thread) -> mime.parse_many (thread) -> store (this thread)
-                  each chunk commits its blobs (flushed first), rows, placements and the
-                  checkpoint cursor in one transaction: a crash re-fetches at most one chunk
+                      provider.fetch + blob append (fetch thread)
+                        -> prepare rows (this thread, or a worker process: sync/prepare.py)
+                        -> one transaction of rows, placements and the checkpoint cursor (this thread)
+                  blobs reach the OS before the rows that point at them commit: a crash
+                  re-fetches at most one chunk
                3. the cursor of the whole ChangeSet commits with the last write
          until not more
     -> status connected ("Connected"); lease released
@@ -71,7 +73,6 @@ class SyncReport:
     fetched: int = 0  # messages downloaded by this run
     fetched_bytes: int = 0
     seconds: float = 0.0
-    streams: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The stable JSON shape shared by `inboxlink sync --json` and `POST .../sync`."""
@@ -191,15 +192,12 @@ class SyncEngine:
         started = time.monotonic()
         for attempt in range(1, attempts + 1):
             try:
-                report = self._sync_once(
-                    account_id, headers_only=headers_only, progress=progress, report=report
-                )
+                self._sync_once(account_id, headers_only=headers_only, progress=progress, report=report)
                 break
             except TransientError as exc:
+                self._transient_failure(account_id, exc, final=attempt >= attempts)
                 if attempt >= attempts:
-                    report.status, report.reason = self._transient_failure(account_id, exc, final=True)
                     break
-                self._transient_failure(account_id, exc, final=False)
                 sleep(backoff_seconds(attempt, base=0.5, exc=exc))
         report.seconds = round(time.monotonic() - started, 3)
         with self.db.engine.connect() as conn:
@@ -210,7 +208,7 @@ class SyncEngine:
         report.status, report.reason = row.status, row.status_reason
         return report
 
-    def _transient_failure(self, account_id: str, exc: TransientError, *, final: bool) -> tuple[str, str]:
+    def _transient_failure(self, account_id: str, exc: TransientError, *, final: bool) -> None:
         reason = exc.message
         with self.db.engine.begin() as conn:
             row = conn.execute(
@@ -228,17 +226,17 @@ class SyncEngine:
             )
             if final and row.status != AccountStatus.CONNECT_ERROR:
                 transition(conn, account_id, AccountStatus.CONNECT_ERROR, reason)
-        return AccountStatus.CONNECT_ERROR.value, reason
 
     def _sync_once(
         self, account_id: str, *, headers_only: bool | None, progress: ProgressFn | None, report: SyncReport
-    ) -> SyncReport:
+    ) -> None:
+        """One attempt; counts what it downloads into `report`. Status and reason are read back
+        from the account row by `sync()`."""
         with self.db.engine.connect() as conn:
             acct = conn.execute(select(accounts).where(accounts.c.id == account_id)).one()
         status = AccountStatus(acct.status)
         if status not in SYNCABLE:
-            report.status, report.reason = status.value, acct.status_reason
-            return report
+            return
         if not self._lease(account_id):
             raise AccountBusy(f"account {account_id} is being synced by another process")
         provider: MailProvider | None = None
@@ -268,11 +266,11 @@ class SyncEngine:
                     conn.execute(
                         update(accounts).where(accounts.c.id == account_id).values(last_error=exc.message)
                     )
-                return report
+                return
             except UnsupportedServer as exc:
                 with self.db.engine.begin() as conn:
                     transition(conn, account_id, AccountStatus.UNSUPPORTED, exc.message)
-                return report
+                return
             with self.db.engine.begin() as conn:
                 transition(conn, account_id, AccountStatus.CONNECTED, CONNECTED_REASON)
                 conn.execute(
@@ -280,7 +278,6 @@ class SyncEngine:
                     .where(accounts.c.id == account_id)
                     .values(last_sync_at=now(), failures=0, last_error=None, next_attempt_at=None)
                 )
-            return report
         finally:
             if provider is not None:
                 provider.close()
@@ -292,20 +289,14 @@ class SyncEngine:
         _identity, caps = provider.verify()
         found = provider.folders()
         with self.db.engine.begin() as conn:
+            stored = conn.execute(
+                select(accounts.c.capabilities).where(accounts.c.id == run.account_id)
+            ).scalar()
+            # Refresh the server's facts; keep what pairing recorded about sending.
             conn.execute(
                 update(accounts)
                 .where(accounts.c.id == run.account_id)
-                .values(
-                    capabilities={
-                        "condstore": caps.condstore,
-                        "qresync": caps.qresync,
-                        "idle": caps.idle,
-                        "special_use": caps.special_use,
-                        "can_send": caps.can_send,
-                        "server": caps.server,
-                        "raw": list(caps.raw),
-                    }
-                )
+                .values(capabilities={**(stored or {}), **caps.server_facts()})
             )
             run.folder_ids = mailstore.upsert_folders(conn, run.account_id, found)
         for stream in provider.streams():
@@ -337,7 +328,7 @@ class SyncEngine:
             self._renew(conn, run.account_id)
             affected: set[int] = set()
             if cs.reset:
-                affected |= mailstore.drop_placements(conn, run.account_id, folder_id)
+                affected |= mailstore.drop_placements(conn, folder_id)
             if cs.removed:
                 affected |= mailstore.remove_placements(conn, folder_id, [k for _f, k in cs.removed])
             if cs.present is not None:
@@ -381,7 +372,6 @@ class SyncEngine:
                 mailstore.save_cursor(conn, folder_id, cs.next_cursor, at)
         if to_fetch:
             self._fetch_and_store(run, folder_id, cs, to_fetch)
-        run.report.streams[cs.folder] = run.report.streams.get(cs.folder, 0) + len(to_fetch)
 
     # -- the pipeline ------------------------------------------------------------------------------
     def _fetch_and_store(self, run: _Run, folder_id: int, cs: ChangeSet, refs: list[MessageRef]) -> None:
@@ -402,10 +392,9 @@ class SyncEngine:
                 for chunk in run.provider.fetch(refs, run.parts):
                     if stop.is_set():
                         return
-                    # Blobs first, flushed: they must reach the OS before any row points at them,
+                    # Blobs first: put_many hands them to the OS before any row points at them,
                     # and the prepare worker reads them from there.
                     blob_refs = self.db.blobs.put_many([m.raw for m in chunk])
-                    self.db.blobs.flush()
                     prepared = (
                         pool.submit(self.db.blobs.root, blob_refs, headers_only, sqlite)
                         if pool is not None

@@ -2,8 +2,10 @@
 
 Why a process: a sync is CPU-bound and Python holds one core at a time (the GIL). Parsing MIME and
 encoding the row values (JSON, timestamps) is the largest share of that work, needs nothing from
-the database, and its input (raw bytes) pickles as a plain copy; so the engine hands it to one
-worker process and keeps fetching and writing in its own. Measured in docs/architecture.md.
+the database, so with `INBOXLINK_PREPARE_WORKERS` > 0 the engine hands it to worker processes,
+which read the raw bytes from the blob files, and keeps fetching and writing in its own. With Dovecot
+on the same two cores that measured no faster and costlier (docs/architecture.md), so 0 is the
+default and the engine calls `prepare_batch` itself.
 
 `prepare_batch` is a pure function of its arguments: the same rows whether it runs here or in the
 worker, which the tests rely on.

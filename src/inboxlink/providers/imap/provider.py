@@ -402,7 +402,7 @@ class ImapProvider:
                 )
                 present = frozenset(str(u) for u in self._search_uids(["ALL"]))
         if more:
-            next_modseq = old_modseq if old_modseq is None else int(old_modseq)
+            next_modseq = int(old_modseq) if old_modseq is not None else None
         if present is not None and more:
             present = None  # only a complete listing may sweep
         return ChangeSet(
