@@ -245,18 +245,17 @@ class Postgres:
                 "-t",
                 "-v",
                 "ON_ERROR_STOP=1",
-                "-h",
-                self.host,
-                "-p",
-                str(self.port),
-                "-U",
-                self.user,
+                *self._server_args(),
                 "-d",
                 database,
                 "-c",
                 sql,
             ]
         )
+
+    def _server_args(self) -> list[str]:
+        """Where the client tools (psql, createdb, dropdb) find this server."""
+        return ["-h", self.host, "-p", str(self.port), "-U", self.user]
 
     def create_database(self, name: str) -> str:
         """Create an empty database `name` (lower-case identifier) and return its SQLAlchemy URL."""
@@ -265,12 +264,7 @@ class Postgres:
         self._run(
             [
                 self._tool("createdb"),
-                "-h",
-                self.host,
-                "-p",
-                str(self.port),
-                "-U",
-                self.user,
+                *self._server_args(),
                 "-T",
                 "template0",
                 "-E",
@@ -286,12 +280,7 @@ class Postgres:
         self._run(
             [
                 self._tool("dropdb"),
-                "-h",
-                self.host,
-                "-p",
-                str(self.port),
-                "-U",
-                self.user,
+                *self._server_args(),
                 "--if-exists",
                 "--force",
                 name,
