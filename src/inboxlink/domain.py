@@ -176,3 +176,27 @@ class ParsedMessage:
     headers: dict[str, str]  # a selection: lower-cased name -> value (first occurrence)
     headers_only: bool = False
     parse_note: str | None = None  # set when a fallback was needed; the raw bytes are kept
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A message ready to leave: complete RFC 5322 bytes (built by `mime.compose`, carrying our own
+    Message-ID), the SMTP envelope, and a thread hint for providers with threads of their own
+    (Gmail threadId, Graph conversationId). Bcc recipients are in `recipients`, never in `mime`."""
+
+    mime: bytes
+    sender: str
+    recipients: tuple[str, ...]
+    message_id: str  # without <>
+    thread_hint: str | None = None
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """What a provider says about a message it sent or stored as a draft."""
+
+    message_id: str  # RFC Message-ID without <>
+    provider_id: str | None = None  # the provider's own id when it has one (Gmail, Graph)
+    thread_id: str | None = None
+    folder: str | None = None  # where the copy lies (IMAP Sent, Gmail SENT/DRAFT)
+    remote_key: str | None = None

@@ -12,7 +12,10 @@
         ├── TransientError         network, timeout, 5xx, 429      -> back off and retry
         │   └── RateLimited        carries `retry_after` seconds when the server said so
         ├── CursorExpired          the server forgot our cursor    -> full resync, no duplicates
-        └── UnsupportedServer      e.g. Exchange older than SE     -> account goes to unsupported
+        ├── UnsupportedServer      e.g. Exchange older than SE     -> account goes to unsupported
+        └── SendRejected           the server refused this message (not the account): the draft stays
+            ├── RecipientsRejected every recipient, or some, refused (`fields["rejected"]`)
+            └── MessageTooLarge    over the server's size limit (`fields["limit"]` when known)
 
 Every error has a stable `code` (used by the API and the CLI) and a message that is safe to show:
 no secret ever goes into an error text.
@@ -91,3 +94,17 @@ class CursorExpired(ProviderError):
 class UnsupportedServer(ProviderError):
     code = "unsupported"
     http_status = 422
+
+
+class SendRejected(ProviderError):
+    code = "send_rejected"
+    http_status = 422
+
+
+class RecipientsRejected(SendRejected):
+    code = "recipients_rejected"
+
+
+class MessageTooLarge(SendRejected):
+    code = "message_too_large"
+    http_status = 413

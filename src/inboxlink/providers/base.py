@@ -34,7 +34,9 @@ from inboxlink.domain import (
     Folder,
     Identity,
     MessageRef,
+    OutgoingMessage,
     RawMessage,
+    SentMessage,
 )
 
 
@@ -93,3 +95,49 @@ def provider_id_for_message_id(message_id: str | None, raw: bytes) -> str:
         end = raw.find(b"\n\n")
     head = raw if end < 0 else raw[:end]
     return "sha256:" + hashlib.sha256(head).hexdigest()[:40]
+
+
+@runtime_checkable
+class SendingProvider(Protocol):
+    """A mailbox that can send (IMAP+SMTP, Gmail, Graph, EWS). Optional beside `MailProvider`:
+    check with `isinstance(p, SendingProvider)`.
+
+    Errors: `AuthError` / `TransientError` as for sync; `RecipientsRejected`, `MessageTooLarge` (or
+    another `SendRejected`) when the server refuses this message: the caller keeps the draft."""
+
+    def send(self, message: OutgoingMessage) -> SentMessage:
+        """Hand `message` to the server for delivery and keep a copy where the user's client shows
+        sent mail (IMAP: APPEND to the Sent folder; Gmail/Graph do it themselves)."""
+        ...
+
+    def save_draft(self, message: OutgoingMessage, replaces: SentMessage | None = None) -> SentMessage:
+        """Store `message` as a draft on the server, replacing an earlier version when given."""
+        ...
+
+
+@runtime_checkable
+class LabelingProvider(Protocol):
+    """A mailbox whose messages can be flagged/labelled (read state, the "inboxlink/Linked" label)."""
+
+    def modify(
+        self,
+        refs: Sequence[MessageRef],
+        *,
+        add: Sequence[str] = (),
+        remove: Sequence[str] = (),
+    ) -> None:
+        """Add/remove flags or labels. Names are neutral: "seen", "flagged", or a label/folder name
+        (created when missing)."""
+        ...
+
+
+@runtime_checkable
+class TokenSource(Protocol):
+    """Where an OAuth provider gets its bearer token. Implemented by `auth.oauth` (which refreshes
+    before expiry and saves rotated tokens at once); adapters only ask for the token, and ask again
+    with `force_refresh=True` once after a 401. Raises `AuthError` when the grant is gone."""
+
+    def access_token(self, *, force_refresh: bool = False) -> str: ...
+
+    @property
+    def granted_scopes(self) -> frozenset[str]: ...
