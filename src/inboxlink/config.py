@@ -39,6 +39,19 @@ class Settings(BaseSettings):
         le=8,
         description="worker processes that parse downloaded mail during a large sync (0: parse in-process)",
     )
+    public_url: str = Field(
+        default="http://127.0.0.1:8025",
+        description="where users and providers reach this service (OAuth redirect URIs, push, tracking)",
+    )
+    google_client_id: str | None = Field(default=None, description="Google OAuth client id (Cloud console)")
+    google_client_secret: SecretStr | None = Field(default=None, description="Google OAuth client secret")
+    google_discovery_url: str = Field(
+        default="https://accounts.google.com/.well-known/openid-configuration",
+        description="Google's OIDC discovery document (point at the simulator for demos and tests)",
+    )
+    google_api_base: str = Field(
+        default="https://gmail.googleapis.com", description="base URL of the Gmail API (`/gmail/v1/...`)"
+    )
     log_level: str = "INFO"
     sync_interval_seconds: float = Field(default=60.0, description="poll interval when push is not available")
     connect_timeout_seconds: float = 20.0

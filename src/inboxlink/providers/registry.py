@@ -8,7 +8,7 @@ from typing import Any
 
 from inboxlink.config import Settings
 from inboxlink.errors import ValidationError
-from inboxlink.providers.base import MailProvider
+from inboxlink.providers.base import MailProvider, TokenSource
 from inboxlink.providers.imap.provider import ConnectOptions, ImapConfig, ImapProvider
 
 PROVIDERS = ("imap",)
@@ -23,8 +23,16 @@ def connect_options(settings: Settings) -> ConnectOptions:
 
 
 def build_provider(
-    kind: str, config: Mapping[str, Any], credentials: Mapping[str, Any], settings: Settings
+    kind: str,
+    config: Mapping[str, Any],
+    credentials: Mapping[str, Any],
+    settings: Settings,
+    *,
+    token_source: TokenSource | None = None,
 ) -> MailProvider:
+    """An adapter for one account. OAuth providers (Gmail, Graph) take their bearer tokens from
+    `token_source` (built by `auth.oauth`, which refreshes and saves rotated tokens); password
+    providers read `credentials`."""
     if kind == "imap":
         return ImapProvider(
             ImapConfig.from_dict(dict(config)),
