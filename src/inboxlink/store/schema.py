@@ -62,6 +62,9 @@ accounts = Table(
     Column("next_attempt_at", DateTime(timezone=True)),
     Column("lease_owner", String(64)),  # which process is syncing it now
     Column("lease_until", DateTime(timezone=True)),
+    # CRM sharing (crm/access.py): who owns the mailbox, and what teammates see of its linked mail
+    Column("owner_id", String(32)),  # users.id; None: the operator's own (embedded single-user mode)
+    Column("visibility", String(16), nullable=False, default="everything"),  # metadata|subject|everything
 )
 
 account_transitions = Table(
@@ -160,4 +163,137 @@ message_addresses = Table(
     Column("name", Text),
     Index("ix_message_addresses_email", "email"),
     Index("ix_message_addresses_message", "message_id"),
+)
+
+
+# -- CRM: users, records, links, review queue, settings, outbox ---------------------------------
+# (crm/records.py, crm/linking.py, crm/access.py, outbound/outbox.py)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(320), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("token_hash", String(64), nullable=False),  # sha256 of the API token; the token is shown once
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("token_hash", name="uq_users_token_hash"),
+)
+
+records = Table(
+    "records",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("type", String(16), nullable=False),  # person | company | deal
+    Column("name", Text, nullable=False),
+    Column("external_id", String(256)),  # the host CRM's id (bulk import is idempotent on it)
+    Column("token", String(64)),  # deals: the short token written in subjects, e.g. T-1042
+    Column("status", String(16), nullable=False, default="open"),  # deals: open | closed
+    Column("company_id", String(32)),  # people and deals: their company
+    Column("person_id", String(32)),  # deals: their main contact
+    Column("origin", String(16), nullable=False, default="user"),  # user | import | auto (auto-created)
+    Column("data", JSON),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("type", "external_id", name="uq_records_type_external_id"),
+    Index("ix_records_token", "token"),
+    Index("ix_records_company", "company_id"),
+    Index("ix_records_person", "person_id"),
+)
+
+record_keys = Table(
+    "record_keys",
+    metadata,
+    Column("record_id", String(32), ForeignKey("records.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(8), nullable=False),  # email (people) | domain (companies)
+    Column("value", String(320), nullable=False),  # lower-cased
+    UniqueConstraint("record_id", "kind", "value", name="uq_record_keys_record_kind_value"),
+    Index("ix_record_keys_value", "kind", "value"),
+)
+
+links = Table(
+    "links",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column(
+        "message_id",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("record_id", String(32), ForeignKey("records.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "rule", String(24), nullable=False
+    ),  # participant | domain | token | thread | deal_contact | manual | sent
+    Column("evidence", Text, nullable=False),  # in words: which address, domain, token or parent message
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("message_id", "record_id", name="uq_links_message_record"),
+    Index("ix_links_record", "record_id", "message_id"),
+)
+
+review_items = Table(
+    "review_items",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column(
+        "message_id",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("kind", String(24), nullable=False),  # which question: deal | person | company
+    Column("candidates", JSON, nullable=False),  # [record id, ...]
+    Column("reason", Text, nullable=False),
+    Column("status", String(16), nullable=False, default="open"),  # open | resolved | dismissed
+    Column("resolved_record_id", String(32)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("resolved_at", DateTime(timezone=True)),
+    UniqueConstraint("message_id", "kind", name="uq_review_items_message_kind"),
+    Index("ix_review_items_status", "status", "id"),
+)
+
+crm_settings = Table(
+    "crm_settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", JSON, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+blocklist = Table(
+    "blocklist",
+    metadata,
+    Column("value", String(320), primary_key=True),  # an address (has @) or a domain, lower-cased
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+search_state = Table(  # the SQLite full-text index's progress (crm/search.py); one row
+    "search_state",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("indexed_through", BigInteger, nullable=False, default=0),  # messages.id
+    Column("indexed_at", DateTime(timezone=True)),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column(
+        "id", String(32), primary_key=True
+    ),  # becomes the Message-ID's left part: retries never send twice
+    Column("account_id", String(32), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("created_by", String(32)),  # users.id
+    Column("status", String(16), nullable=False),  # draft | queued | sending | sent | failed | uncertain
+    Column("phase", String(16)),  # while sending: connect | data (past the point of no return)
+    Column("message_id", String(998), nullable=False),
+    Column("compose", JSON, nullable=False),  # to/cc/bcc/subject/text/html/in_reply_to/references/records
+    Column("send_at", DateTime(timezone=True)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("last_error_code", String(32)),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("sent_folder", String(512)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_outbox_status_send_at", "status", "send_at"),
 )
