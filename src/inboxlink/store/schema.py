@@ -297,3 +297,56 @@ outbox = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_outbox_status_send_at", "status", "send_at"),
 )
+
+# -- events and webhooks
+# outbound/events.py writes `event_outbox` rows inside the transaction of the change they describe;
+# outbound/webhooks.py fans each event out to the subscribed endpoints (one `webhook_deliveries`
+# row per event and endpoint) and delivers those rows with retries, claiming each with a lease.
+
+event_outbox = Table(
+    "event_outbox",
+    metadata,
+    Column("id", String(40), primary_key=True),  # "evt_" + 32 hex: the receivers' idempotency key
+    Column("type", String(64), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("dispatched_at", DateTime(timezone=True)),  # fanned out into deliveries
+    Index("ix_event_outbox_dispatched_at", "dispatched_at", "created_at"),
+)
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("event_types", JSON, nullable=False),  # list of event types, or ["*"]
+    Column("description", Text),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("disabled_reason", Text),  # e.g. the receiver answered 410 Gone
+    Column("secret", Text, nullable=False),  # Fernet token (auth/secrets.py); never plaintext
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("event_id", String(40), ForeignKey("event_outbox.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "endpoint_id", String(32), ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("status", String(16), nullable=False),  # pending | succeeded | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True)),  # None once succeeded or failed
+    Column("last_attempt_at", DateTime(timezone=True)),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    Column("lease_owner", String(64)),  # host:pid:nonce of the process sending it now
+    Column("lease_until", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", DateTime(timezone=True)),
+    UniqueConstraint("event_id", "endpoint_id", name="uq_webhook_deliveries_event_endpoint"),
+    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_webhook_deliveries_endpoint", "endpoint_id", "id"),
+)
