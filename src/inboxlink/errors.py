@@ -7,6 +7,9 @@
     ├── Conflict                   a state clash
     │   └── WrongAccount           re-pairing with another mailbox than the account's
     ├── HostRefused                the network guard refused a user-entered host
+    ├── OAuthFlowError             an OAuth pairing flow could not finish (auth/oauth.py)
+    │   ├── OAuthStateInvalid      the callback's state is forged, expired or already used
+    │   └── ConsentDenied          the user declined on the provider's consent page
     └── ProviderError              raised by adapters, translated at the boundary (`raise ... from exc`)
         ├── AuthError              credentials rejected / revoked  -> account goes to auth_error at once
         ├── TransientError         network, timeout, 5xx, 429      -> back off and retry
@@ -61,6 +64,20 @@ class WrongAccount(Conflict):
 class HostRefused(InboxlinkError):
     code = "host_refused"
     http_status = 422
+
+
+class OAuthFlowError(InboxlinkError):
+    code = "oauth_failed"
+    http_status = 400
+
+
+class OAuthStateInvalid(OAuthFlowError):
+    code = "oauth_state_invalid"
+
+
+class ConsentDenied(OAuthFlowError):
+    code = "access_denied"
+    http_status = 403
 
 
 class ProviderError(InboxlinkError):
