@@ -5,21 +5,31 @@ an unreachable host or a host the network guard refuses is an error and creates 
 is pairing bound to an existing account (same mailbox required, `wrong_account` otherwise): the new
 credentials replace the old ones, the status goes back to pending, and the folder cursors are kept,
 so the next sync resumes where the account stopped and downloads nothing again.
+
+Google accounts (provider "gmail") pair through OAuth (`auth/oauth.py` draws the flow): the
+identity comes from the verified id_token, the tokens are stored encrypted as
+`{"access_token", "refresh_token", "expires_at", "scopes"}`, and `config["features"]` lists what
+the user enabled. Enabling a feature later is re-pairing with more features: only the missing
+scopes are asked for (incremental consent). `open_provider` gives Gmail adapters a
+`GoogleTokenSource` whose rotated tokens are written back here at once.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
+from inboxlink.auth.oauth import GoogleOAuth, GoogleTokenSource, Grant, TokenSet
+from inboxlink.auth.scopes import Permissions, catalog
 from inboxlink.auth.secrets import SecretBox, register_secret
 from inboxlink.config import Settings
 from inboxlink.domain import AccountStatus
-from inboxlink.errors import NotFound, ValidationError, WrongAccount
+from inboxlink.errors import NotFound, OAuthFlowError, ValidationError, WrongAccount
 from inboxlink.providers import registry
 from inboxlink.providers.base import MailProvider
 from inboxlink.providers.imap.provider import ImapConfig
@@ -74,6 +84,7 @@ class AccountService:
         self.db = db
         self.settings = settings
         self.box = box
+        self._google: GoogleOAuth | None = None
 
     # -- providers for the engine ----------------------------------------------------------------
     def open_provider(self, account_id: str) -> MailProvider:
@@ -89,6 +100,11 @@ class AccountService:
         for value in creds.values():
             if isinstance(value, str) and value:
                 register_secret(value)
+        if row.provider == "gmail":
+            source = self.google_token_source(account_id, TokenSet.from_secret(creds))
+            return registry.build_provider(
+                row.provider, row.config, creds, self.settings, token_source=source
+            )
         return registry.build_provider(row.provider, row.config, creds, self.settings)
 
     # -- pairing -------------------------------------------------------------------------------
@@ -174,6 +190,183 @@ class AccountService:
                 .order_by(accounts.c.created_at)
             ).first()
         return self.get(row.id) if row else None
+
+    # -- Google (OAuth) pairing ------------------------------------------------------------------
+    @property
+    def google(self) -> GoogleOAuth:
+        """The process's Google OAuth client (discovery and keys cached, single-use states)."""
+        if self._google is None:
+            self._google = GoogleOAuth(self.settings, self.box)
+        return self._google
+
+    def google_authorization_url(
+        self, features: str | Sequence[str] | None = None, *, account_id: str | None = None
+    ) -> str:
+        """Where to send the user's browser to pair a Google mailbox with `features` (comma-separated
+        ids; default: the catalog's defaults), or to re-pair / enable more features on `account_id`.
+
+        A new pairing asks for the features' least set of scopes; an existing healthy account only
+        for the scopes its grant lacks; an account whose grant is gone (auth_error, unpaired) for
+        all of its features' scopes again. Identity scopes (openid email profile) are always asked:
+        the id_token proves which mailbox consented."""
+        self.google.client_id  # noqa: B018  (a ConfigError naming the settings, before anything else)
+        cat = catalog()
+        login_hint = None
+        if account_id is None:
+            wanted = cat.parse_features("google", features)
+            scopes = cat.scopes_for("google", wanted)
+        else:
+            view = self.get(account_id)
+            if view.provider != "gmail":
+                raise ValidationError(f"account {account_id} is a {view.provider} account, not a Google one")
+            added = cat.parse_features("google", features) if features else []
+            wanted = list(dict.fromkeys([*view.config.get("features", []), *added]))
+            tokens = self._stored_tokens(account_id)
+            grant_alive = view.status not in (
+                AccountStatus.AUTH_ERROR.value,
+                AccountStatus.DISCONNECTED.value,
+            )
+            if tokens is not None and tokens.refresh_token and grant_alive:
+                scopes = cat.missing("google", wanted, tokens.scopes)
+            else:
+                scopes = cat.scopes_for("google", wanted)
+            login_hint = view.email
+        asked = [*cat.identity_scopes("google"), *scopes]
+        return self.google.authorization_url(asked, wanted, account_id, login_hint=login_hint)
+
+    def google_finish(self, params: Mapping[str, str]) -> tuple[AccountView, bool]:
+        """Finish the flow from the callback's query: (the account, whether it was created).
+
+        Nothing is written unless state, code and id_token all check out; re-pairing another
+        Google account than the one bound in the state is `WrongAccount` and changes nothing."""
+        grant = self.google.finish(params)
+        identity = grant.identity
+        existing = (
+            self.get(grant.flow.account_id)
+            if grant.flow.account_id is not None
+            else self._find(None, "gmail", identity.email)
+        )
+        if existing is not None:
+            sub = existing.config.get("google_sub")
+            same = sub == identity.sub if sub else existing.email.lower() == identity.email.lower()
+            if existing.provider != "gmail" or not same:
+                raise WrongAccount(
+                    f"account {existing.id} belongs to {existing.email}, not {identity.email}: "
+                    "re-pairing must use the same Google account",
+                    account=existing.id,
+                )
+        tokens = grant.tokens
+        if not tokens.refresh_token:
+            old = self._stored_tokens(existing.id) if existing is not None else None
+            if old is None or not old.refresh_token:
+                raise OAuthFlowError("Google returned no refresh token; start pairing again")
+            tokens = TokenSet(tokens.access_token, old.refresh_token, tokens.expires_at, tokens.scopes)
+        features = list(
+            dict.fromkeys([*(existing.config.get("features", []) if existing else []), *grant.flow.features])
+        )
+        return self._store_google(existing, grant, tokens, features)
+
+    def _store_google(
+        self, existing: AccountView | None, grant: Grant, tokens: TokenSet, features: list[str]
+    ) -> tuple[AccountView, bool]:
+        cat = catalog()
+        config = {"features": features, "google_sub": grant.identity.sub}
+        capabilities = {
+            "scopes": sorted(cat.normalize("google", tokens.scopes)),
+            "can_send": cat.works("google", "send_mail", tokens.scopes),
+        }
+        sync_mode = "full" if cat.works("google", "read_mail", tokens.scopes) else "headers"
+        secret = self.box.encrypt(tokens.to_secret())
+        at = now()
+        with self.db.engine.begin() as conn:
+            if existing is not None:
+                added = [f for f in features if f not in existing.config.get("features", [])]
+                conn.execute(
+                    update(accounts)
+                    .where(accounts.c.id == existing.id)
+                    .values(
+                        config=config,
+                        secret=secret,
+                        capabilities={**(existing.capabilities or {}), **capabilities},
+                        sync_mode=sync_mode,
+                        display_name=grant.identity.name,
+                        failures=0,
+                        last_error=None,
+                        next_attempt_at=None,
+                    )
+                )
+                reason = f"re-paired (enabled {', '.join(added)})" if added else "re-paired"
+                transition(conn, existing.id, AccountStatus.PENDING, reason, user_action=True)
+                return self.get(existing.id), False
+            new_id = uuid.uuid4().hex[:16]
+            conn.execute(
+                insert(accounts).values(
+                    id=new_id,
+                    provider="gmail",
+                    email=grant.identity.email,
+                    display_name=grant.identity.name,
+                    status=AccountStatus.PENDING.value,
+                    status_reason="paired",
+                    status_at=at,
+                    config=config,
+                    secret=secret,
+                    capabilities=capabilities,
+                    sync_mode=sync_mode,
+                    created_at=at,
+                    failures=0,
+                )
+            )
+            conn.execute(
+                insert(account_transitions).values(
+                    account_id=new_id,
+                    from_status=None,
+                    to_status=AccountStatus.PENDING.value,
+                    reason="paired",
+                    at=at,
+                )
+            )
+        return self.get(new_id), True
+
+    def google_token_source(self, account_id: str, tokens: TokenSet) -> GoogleTokenSource:
+        """The token source of a Google account; rotated tokens are stored at once, unless the
+        account was re-paired or unpaired meanwhile (then the newer grant wins)."""
+        return self.google.token_source(tokens, self._google_saver(account_id))
+
+    def _google_saver(self, account_id: str) -> Callable[[TokenSet, TokenSet], None]:
+        def save(new: TokenSet, previous: TokenSet) -> None:
+            with self.db.engine.begin() as conn:
+                stored = conn.execute(select(accounts.c.secret).where(accounts.c.id == account_id)).scalar()
+                if stored is None:
+                    return  # unpaired meanwhile: forget the tokens
+                if (
+                    TokenSet.from_secret(self.box.decrypt_json(stored)).refresh_token
+                    != previous.refresh_token
+                ):
+                    return  # re-paired meanwhile: its grant is newer than ours
+                # compare-and-set on the ciphertext read above: a concurrent re-pair is not overwritten
+                conn.execute(
+                    update(accounts)
+                    .where(accounts.c.id == account_id, accounts.c.secret == stored)
+                    .values(secret=self.box.encrypt(new.to_secret()))
+                )
+
+        return save
+
+    def _stored_tokens(self, account_id: str) -> TokenSet | None:
+        with self.db.engine.connect() as conn:
+            stored = conn.execute(select(accounts.c.secret).where(accounts.c.id == account_id)).scalar()
+        return TokenSet.from_secret(self.box.decrypt_json(stored)) if stored else None
+
+    def permissions(self, account_id: str) -> Permissions:
+        """Each granted scope and what it powers; each feature: enabled, works, missing scopes."""
+        view = self.get(account_id)
+        if view.provider != "gmail":
+            raise ValidationError(
+                f"account {account_id} is a {view.provider} account: it has a password, not OAuth permissions"
+            )
+        tokens = self._stored_tokens(account_id)
+        granted = tokens.scopes if tokens is not None else ()
+        return catalog().permissions("google", view.config.get("features", []), granted)
 
     # -- reading -------------------------------------------------------------------------------
     def all(self) -> list[AccountView]:

@@ -152,6 +152,22 @@ _DESCRIPTIONS: list[tuple[str, str]] = [
     ("gmail.send", "Send email on your behalf"),
     ("gmail.settings.basic", "See, edit, create, or change your email settings and filters in Gmail"),
     ("gmail.settings.sharing", "Manage your sensitive mail settings, including who can manage your mail"),
+    # Calendar v3 and People v1 (their discovery documents' wording): accepted on the consent page so
+    # that a client can ask for calendar and contacts features; their APIs are not simulated yet.
+    (
+        "calendar",
+        "See, edit, share, and permanently delete all the calendars you can access using Google Calendar",
+    ),
+    ("calendar.events", "View and edit events on all your calendars"),
+    ("calendar.events.freebusy", "See the availability on Google calendars you have access to"),
+    ("calendar.events.readonly", "View events on all your calendars"),
+    ("calendar.freebusy", "View your availability in your calendars"),
+    ("calendar.readonly", "See and download any calendar you can access using your Google Calendar"),
+    ("calendar.settings.readonly", "View your Calendar settings"),
+    ("contacts", "See, edit, download, and permanently delete your contacts"),
+    ("contacts.other.readonly", 'See and download contact info automatically saved in your "Other contacts"'),
+    ("contacts.readonly", "See and download your contacts"),
+    ("directory.readonly", "See and download your organization's Google Workspace directory"),
 ]
 SCOPE_DESCRIPTIONS: dict[str, str] = {
     (n if n == "openid" else MAIL if n == "MAIL" else AUTH + n): d for n, d in _DESCRIPTIONS

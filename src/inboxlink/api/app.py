@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from inboxlink.api import routes_accounts
+from inboxlink.api import routes_accounts, routes_oauth
 from inboxlink.config import Settings
 from inboxlink.errors import InboxlinkError
 from inboxlink.runtime import Runtime
@@ -68,4 +68,5 @@ def create_app(
         return {"status": "ok"}
 
     app.include_router(routes_accounts.router, prefix="/api/v1", dependencies=[Depends(check_token)])
+    app.include_router(routes_oauth.router)  # start checks the API token itself; the state guards callback
     return app

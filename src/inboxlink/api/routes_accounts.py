@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -130,6 +131,34 @@ def account_transitions(account_id: str, rt: RuntimeDep) -> list[TransitionOut]:
         TransitionOut(from_status=t.from_status, to_status=t.to_status, reason=t.reason, at=t.at)
         for t in rt.accounts.transitions(account_id)
     ]
+
+
+class GrantedScopeOut(BaseModel):
+    scope: str
+    description: str = Field(description="what the scope lets inboxlink do, in plain words")
+    powers: list[str] = Field(description="feature ids it serves (sign_in for identity scopes)")
+
+
+class FeatureStatusOut(BaseModel):
+    id: str
+    title: str
+    description: str
+    enabled: bool
+    works: bool = Field(description="every scope it needs is granted (or implied by a granted one)")
+    missing_scopes: list[str]
+
+
+class PermissionsOut(BaseModel):
+    provider: str
+    checked: str = Field(description="when the feature-to-scope table was last checked")
+    scopes: list[GrantedScopeOut]
+    features: list[FeatureStatusOut]
+
+
+@router.get("/accounts/{account_id}/permissions", response_model=PermissionsOut)
+def account_permissions(account_id: str, rt: RuntimeDep) -> PermissionsOut:
+    """Each granted OAuth scope, what it powers, and which features work or miss a scope."""
+    return PermissionsOut.model_validate(asdict(rt.accounts.permissions(account_id)))
 
 
 @router.get("/accounts/{account_id}/folders", response_model=list[FolderOut])
