@@ -1,5 +1,6 @@
 """The provider contract: what `providers/base.py` promises, checked against every implementation
-with a real server behind it (Dovecot for IMAP; simulators for the others as they arrive).
+with a real server behind it (Dovecot for IMAP, the Google simulator for Gmail; others as they
+arrive).
 
 A harness gives each test a fresh mailbox, a provider for it, and ways to change the mailbox
 behind the provider's back (as another client or new mail would)."""
@@ -16,17 +17,33 @@ from inboxlink.domain import ChangeSet, Cursor, FetchParts, FolderRole, MessageR
 from inboxlink.errors import AuthError, TransientError
 from inboxlink.mime.parse import parse_many
 from inboxlink.providers.base import MailProvider
+from inboxlink.providers.gmail.provider import GmailConfig, GmailProvider
 from inboxlink.providers.imap.provider import ConnectOptions, ImapConfig, ImapProvider
 from inboxlink.testing.dovecot import Dovecot, MailUser
+from inboxlink_sim.google import GoogleSim
+from tests.gmail_support import (
+    READ_WRITE_SCOPES,
+    GmailAccount,
+    SimTokenSource,
+    StaticTokenSource,
+    running_sim,
+)
 from tests.support import imap_session, make_message
 
 
 class Harness(Protocol):
+    """A fresh mailbox holding "Message number 0" .. "Message number 2", delivered in that order."""
+
     def provider(self, *, password: str | None = None) -> MailProvider: ...
     def unreachable(self) -> MailProvider: ...
     def add(self, raw: bytes) -> None: ...
-    def flag_first(self) -> None: ...
-    def delete_first(self) -> None: ...
+    def flag_first(self) -> None:
+        """Flag every message in the inbox (as another client would)."""
+        ...
+
+    def delete_first(self) -> None:
+        """Delete the first message delivered ("Message number 0") for good."""
+        ...
 
 
 @dataclass
@@ -73,8 +90,62 @@ class ImapHarness:
         self._inbox("STORE", typ_uid, "+FLAGS", "(\\Deleted)")
 
 
-@pytest.fixture(params=["imap"])
-def harness(request: pytest.FixtureRequest, dovecot: Dovecot, mail_user: MailUser) -> Iterator[Harness]:
+@dataclass
+class GmailHarness:
+    account: GmailAccount
+
+    @property
+    def sim(self) -> GoogleSim:
+        return self.account.sim
+
+    def provider(self, *, password: str | None = None) -> MailProvider:
+        if password is not None:
+            # the OAuth analogue of a wrong password: a refresh token Google does not know
+            return self.account.provider(
+                tokens=SimTokenSource(self.sim, refresh_token=password, scopes=READ_WRITE_SCOPES)
+            )
+        return self.account.provider()
+
+    def unreachable(self) -> MailProvider:
+        return GmailProvider(
+            GmailConfig(email=self.account.email, api_base="http://127.0.0.1:1"), StaticTokenSource("x")
+        )
+
+    def add(self, raw: bytes) -> None:
+        self.sim.deliver(self.account.email, raw)
+
+    def flag_first(self) -> None:
+        box = self.sim.mailbox(self.account.email)
+        with self.sim.state.lock:
+            box.modify([m.id for m in box.messages.values() if "INBOX" in m.label_ids], ["STARRED"], [])
+
+    def delete_first(self) -> None:
+        box = self.sim.mailbox(self.account.email)
+        with self.sim.state.lock:
+            first = [m.id for m in box.messages.values() if m.parsed.subject == "Message number 0"]
+            assert len(first) == 1
+            box.delete(first)
+
+
+@pytest.fixture(scope="module")
+def google_sim() -> Iterator[GoogleSim]:
+    with running_sim() as sim:
+        yield sim
+        assert sim.schema_violations == [], "the simulator answered outside the discovery document"
+
+
+@pytest.fixture(params=["imap", "gmail"])
+def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    if request.param == "gmail":
+        sim: GoogleSim = request.getfixturevalue("google_sim")
+        account = GmailAccount.create(sim)
+        for i in range(3):
+            sim.deliver(account.email, make_message(i))
+        yield GmailHarness(account)
+        sim.clear_faults()
+        return
+    dovecot: Dovecot = request.getfixturevalue("dovecot")
+    mail_user: MailUser = request.getfixturevalue("mail_user")
     for i in range(3):
         dovecot.deliver_lmtp(mail_user.email, make_message(i))
     yield ImapHarness(dovecot, mail_user)
@@ -137,11 +208,20 @@ def test_full_then_incremental(harness: Harness) -> None:
         raws = [m for chunk in chunks for m in chunk]
         assert [m.ref.remote_key for m in raws] == [r.remote_key for r in refs]
         parsed = parse_many([m.raw for m in raws])
-        assert [x.subject for x in parsed] == [f"Message number {i}" for i in range(3)]
+        # the order is the provider's (IMAP: oldest first; Gmail: newest first)
+        assert sorted(x.subject or "" for x in parsed) == [f"Message number {i}" for i in range(3)]
         heads = [m for chunk in p.fetch(refs, FetchParts.HEADERS) for m in chunk]
+        assert len(heads) == 3
         assert all(m.headers_only and b"Message number" in m.raw and b"Hello" not in m.raw for m in heads)
+        assert [x.subject for x in parse_many([m.raw for m in heads], headers_only=True)] == [
+            x.subject for x in parsed
+        ]
+        # identify() names each message as the engine will once it is fetched: the provider's own
+        # id when it has one, else the Message-ID
         ided = p.identify(refs)
-        assert [r.provider_id for r in ided] == [x.message_id for x in parsed]
+        pairs = list(zip(raws, parsed, strict=True))
+        assert [r.provider_id for r in ided] == [m.provider_id or x.message_id for m, x in pairs]
+        first_key = next(m.ref.remote_key for m, x in pairs if x.subject == "Message number 0")
 
         # nothing changed: nothing reported
         quiet = p.changes(stream, cursor, limit=100)
@@ -159,7 +239,7 @@ def test_full_then_incremental(harness: Harness) -> None:
         gone = {k for _f, k in cs.removed} | (
             {r.remote_key for r in refs} - set(cs.present) if cs.present is not None else set()
         )
-        assert gone == {refs[0].remote_key}
+        assert gone == {first_key}
     finally:
         p.close()
 

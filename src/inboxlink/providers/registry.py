@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from inboxlink.config import Settings
-from inboxlink.errors import ValidationError
+from inboxlink.errors import ConfigError, ValidationError
 from inboxlink.providers.base import MailProvider, TokenSource
+from inboxlink.providers.gmail.provider import GmailConfig, GmailProvider
 from inboxlink.providers.imap.provider import ConnectOptions, ImapConfig, ImapProvider
 
-PROVIDERS = ("imap",)
+PROVIDERS = ("imap", "gmail")
 
 
 def connect_options(settings: Settings) -> ConnectOptions:
@@ -38,5 +39,15 @@ def build_provider(
             ImapConfig.from_dict(dict(config)),
             str(credentials.get("password", "")),
             connect_options(settings),
+        )
+    if kind == "gmail":
+        if token_source is None:
+            raise ConfigError("a Gmail account needs an OAuth token source (auth.oauth)")
+        if not config.get("email"):
+            raise ValidationError("a Gmail account's config needs its email address")
+        return GmailProvider(
+            GmailConfig(email=str(config["email"]), api_base=settings.google_api_base),
+            token_source,
+            timeout=settings.connect_timeout_seconds,
         )
     raise ValidationError(f"unknown provider {kind!r}; known: {', '.join(PROVIDERS)}")
