@@ -55,6 +55,8 @@ class AccountView:
     sync_mode: str
     config: dict[str, Any]
     capabilities: dict[str, Any] | None
+    owner_id: str | None = None
+    visibility: str = "everything"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -278,9 +280,9 @@ class AccountService:
         sync_mode = "full" if cat.works("google", "read_mail", tokens.scopes) else "headers"
         secret = self.box.encrypt(tokens.to_secret())
         at = now()
-        with self.db.engine.begin() as conn:
-            if existing is not None:
-                added = [f for f in features if f not in existing.config.get("features", [])]
+        if existing is not None:
+            added = [f for f in features if f not in existing.config.get("features", [])]
+            with self.db.engine.begin() as conn:
                 conn.execute(
                     update(accounts)
                     .where(accounts.c.id == existing.id)
@@ -297,8 +299,9 @@ class AccountService:
                 )
                 reason = f"re-paired (enabled {', '.join(added)})" if added else "re-paired"
                 transition(conn, existing.id, AccountStatus.PENDING, reason, user_action=True)
-                return self.get(existing.id), False
-            new_id = uuid.uuid4().hex[:16]
+            return self.get(existing.id), False
+        new_id = uuid.uuid4().hex[:16]
+        with self.db.engine.begin() as conn:
             conn.execute(
                 insert(accounts).values(
                     id=new_id,
@@ -394,6 +397,8 @@ class AccountService:
             sync_mode=row.sync_mode,
             config=dict(row.config or {}),
             capabilities=row.capabilities,
+            owner_id=row.owner_id,
+            visibility=row.visibility,
         )
 
     def transitions(self, account_id: str) -> list[Transition]:
@@ -425,4 +430,29 @@ class AccountService:
         with self.db.engine.begin() as conn:
             conn.execute(update(accounts).where(accounts.c.id == account_id).values(secret=None))
             transition(conn, account_id, AccountStatus.DISCONNECTED, "unpaired by the user", user_action=True)
+        return self.get(account_id)
+
+    # -- sharing (crm/access.py reads it) ------------------------------------------------------------
+    def set_sharing(
+        self, account_id: str, *, owner_id: str | None = None, visibility: str | None = None
+    ) -> AccountView:
+        """Who owns the mailbox (set once, at pairing) and what teammates see of its linked mail."""
+        from inboxlink.crm.access import VISIBILITIES
+        from inboxlink.crm.linking import bump
+
+        values: dict[str, Any] = {}
+        if visibility is not None:
+            if visibility not in VISIBILITIES:
+                raise ValidationError(f"visibility must be one of {', '.join(VISIBILITIES)}")
+            values["visibility"] = visibility
+        with self.db.engine.begin() as conn:
+            if owner_id is not None:
+                conn.execute(
+                    update(accounts)
+                    .where(accounts.c.id == account_id, accounts.c.owner_id.is_(None))
+                    .values(owner_id=owner_id)
+                )
+            if values:
+                conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+            bump(conn)  # the team's own addresses may have changed
         return self.get(account_id)
