@@ -10,9 +10,10 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from inboxlink.api import routes_accounts, routes_oauth
+from inboxlink.api import routes_accounts, routes_oauth, routes_webhooks
 from inboxlink.config import Settings
 from inboxlink.errors import InboxlinkError
+from inboxlink.outbound.webhooks import WebhookLoop
 from inboxlink.runtime import Runtime
 from inboxlink.sync.scheduler import Scheduler
 
@@ -26,7 +27,15 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or Runtime.open(settings)
         app.state.runtime = rt
-        scheduler = Scheduler(rt.engine, interval=settings.sync_interval_seconds) if background_sync else None
+        scheduler = (
+            Scheduler(
+                rt.engine,
+                interval=settings.sync_interval_seconds,
+                also=[WebhookLoop(rt.db, rt.box, settings)],
+            )
+            if background_sync
+            else None
+        )
         app.state.scheduler = scheduler
         if scheduler:
             scheduler.start()
@@ -69,4 +78,5 @@ def create_app(
 
     app.include_router(routes_accounts.router, prefix="/api/v1", dependencies=[Depends(check_token)])
     app.include_router(routes_oauth.router)  # start checks the API token itself; the state guards callback
+    app.include_router(routes_webhooks.router, prefix="/api/v1", dependencies=[Depends(check_token)])
     return app

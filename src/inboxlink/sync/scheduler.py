@@ -7,14 +7,19 @@
 Push (IMAP IDLE, provider webhooks) will call `trigger()`; until then polling bounds the delay.
 An account in auth_error, unsupported or disconnected is never touched: only pairing again
 revives it. A transient failure only pushes `next_attempt_at` back (the engine records it).
+
+Other background loops of `serve` (webhook delivery: `outbound.webhooks.WebhookLoop`) are handed
+in as `also`, and start and stop with the scheduler.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import select
 
@@ -26,9 +31,23 @@ from inboxlink.sync.state import SYNCABLE, now
 log = logging.getLogger(__name__)
 
 
+class Background(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
 class Scheduler:
-    def __init__(self, engine: SyncEngine, *, interval: float, workers: int = 2, tick: float = 1.0) -> None:
+    def __init__(
+        self,
+        engine: SyncEngine,
+        *,
+        interval: float,
+        workers: int = 2,
+        tick: float = 1.0,
+        also: Sequence[Background] = (),
+    ) -> None:
         self.engine = engine
+        self.also = list(also)
         self.interval = interval
         self.tick = tick
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync")
@@ -41,12 +60,16 @@ class Scheduler:
 
     def start(self) -> None:
         self._thread.start()
+        for loop in self.also:
+            loop.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=10)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for loop in self.also:
+            loop.stop()
 
     def trigger(self, account_id: str) -> None:
         with self._lock:

@@ -10,9 +10,10 @@
     any ──> unsupported     the server is too old to be supported (e.g. Exchange before SE).
     any ──> disconnected    the user unpaired it; only re-pairing leaves this state.
 
-Every transition is a row in `account_transitions` with its reason and time (and, once webhooks
-exist, an `account.status_changed` event). A transition to the same state with a new reason is
-recorded too (the reason changed); one with the same reason is not.
+Every transition is a row in `account_transitions` with its reason and time, and an
+`account.status_changed` event in the same transaction (outbound/events.py; free when no webhook
+listens). A transition to the same state with a new reason is recorded too (the reason
+changed); one with the same reason is not.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, insert, select, update
 
 from inboxlink.domain import AccountStatus as S
+from inboxlink.outbound import events
 from inboxlink.store.schema import account_transitions, accounts
 
 # From each state, where a *sync run* may take an account. Pairing/re-pairing and unpairing are
@@ -53,7 +55,9 @@ def transition(conn: Connection, account_id: str, to: S, reason: str, *, user_ac
 
     `user_action=True` is for pairing, re-pairing and unpairing, which may leave any state."""
     row = conn.execute(
-        select(accounts.c.status, accounts.c.status_reason).where(accounts.c.id == account_id)
+        select(accounts.c.status, accounts.c.status_reason, accounts.c.email).where(
+            accounts.c.id == account_id
+        )
     ).one()
     current = S(row.status)
     if current == to and row.status_reason == reason:
@@ -70,5 +74,17 @@ def transition(conn: Connection, account_id: str, to: S, reason: str, *, user_ac
         insert(account_transitions).values(
             account_id=account_id, from_status=current.value, to_status=to.value, reason=reason, at=at
         )
+    )
+    events.emit(
+        conn,
+        events.ACCOUNT_STATUS_CHANGED,
+        {
+            "account_id": account_id,
+            "email": row.email,
+            "from": current.value,
+            "to": to.value,
+            "reason": reason,
+            "at": at,
+        },
     )
     return True
