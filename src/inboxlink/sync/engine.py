@@ -36,7 +36,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -322,25 +322,34 @@ class SyncEngine:
                 break
 
     def _apply(self, run: _Run, folder_id: int, cs: ChangeSet) -> None:
+        """`folder_id` is the stream's folder, where its cursor lives. Upserts and removals name
+        their own folders: a stream may span several (Gmail: one stream, labels as folders)."""
         at = now()
         to_fetch: list[MessageRef] = []
         with self.db.engine.begin() as conn:
             self._renew(conn, run.account_id)
+            if ({r.folder for r in cs.upserts} | {f for f, _k in cs.removed}) - run.folder_ids.keys():
+                # a folder made since folders() ran (a new Gmail label): record it first
+                run.folder_ids = mailstore.upsert_folders(conn, run.account_id, run.provider.folders())
             affected: set[int] = set()
             if cs.reset:
                 affected |= mailstore.drop_placements(conn, folder_id)
-            if cs.removed:
-                affected |= mailstore.remove_placements(conn, folder_id, [k for _f, k in cs.removed])
+            for _folder, fid, keys in _by_folder(cs.removed, run.folder_ids):
+                affected |= mailstore.remove_placements(conn, fid, keys)
             if cs.present is not None:
                 stored = mailstore.all_placement_keys(conn, folder_id)
                 gone = [k for k in stored if k not in cs.present]
                 if gone:
                     affected |= mailstore.remove_placements(conn, folder_id, gone)
-            known_pl = mailstore.placements_by_key(conn, folder_id, [r.remote_key for r in cs.upserts])
+            upserts = [r for r in cs.upserts if r.folder in run.folder_ids]  # else gone meanwhile
+            known_pl: dict[tuple[str, str], mailstore.KnownPlacement] = {}
+            for folder, fid, keys in _by_folder([(r.folder, r.remote_key) for r in upserts], run.folder_ids):
+                found = mailstore.placements_by_key(conn, fid, keys)
+                known_pl.update(((folder, k), pl) for k, pl in found.items())
             flag_updates: list[tuple[int, str]] = []
             new_refs: list[MessageRef] = []
-            for ref in cs.upserts:
-                pl = known_pl.get(ref.remote_key)
+            for ref in upserts:
+                pl = known_pl.get((ref.folder, ref.remote_key))
                 if pl is None:
                     new_refs.append(ref)
                 elif pl.headers_only and run.parts is FetchParts.FULL:
@@ -361,7 +370,9 @@ class SyncEngine:
                 if km is None or (km.headers_only and run.parts is FetchParts.FULL):
                     to_fetch.append(ref)
                     continue
-                attach.append((km.id, folder_id, ref.remote_key, mailstore.flags_text(ref.flags or ())))
+                attach.append(
+                    (km.id, run.folder_ids[ref.folder], ref.remote_key, mailstore.flags_text(ref.flags or ()))
+                )
                 if km.deleted:
                     revived.append(km.id)
             mailstore.put_placements(conn, attach)
@@ -375,9 +386,22 @@ class SyncEngine:
 
     # -- the pipeline ------------------------------------------------------------------------------
     def _fetch_and_store(self, run: _Run, folder_id: int, cs: ChangeSet, refs: list[MessageRef]) -> None:
-        position = {r.remote_key: i for i, r in enumerate(cs.upserts)}
+        position = {(r.folder, r.remote_key): i for i, r in enumerate(cs.upserts)}
         # Fetch in the ChangeSet's order: a checkpoint after chunk k then covers a stored prefix.
-        refs = sorted(refs, key=lambda r: position.get(r.remote_key, -1))
+        refs = sorted(refs, key=lambda r: position.get((r.folder, r.remote_key), -1))
+        # A message known by id before the fetch (Gmail) and placed in several folders is
+        # downloaded once; its other placements are written with it.
+        seen: set[str] = set()
+        also: dict[str, list[MessageRef]] = {}
+        unique: list[MessageRef] = []
+        for ref in refs:
+            if ref.provider_id is None or ref.provider_id not in seen:
+                unique.append(ref)
+                if ref.provider_id is not None:
+                    seen.add(ref.provider_id)
+            else:
+                also.setdefault(ref.provider_id, []).append(ref)
+        refs = unique
         total = len(refs)
         headers_only = run.parts is FetchParts.HEADERS
         sqlite = self.db.is_sqlite
@@ -427,11 +451,11 @@ class SyncEngine:
                     if prepared is not None
                     else prepare_batch([m.raw for m in chunk], headers_only, sqlite)
                 )
-                last_pos = max(last_pos, *(position.get(m.ref.remote_key, -1) for m in chunk))
+                last_pos = max(last_pos, *(position.get((m.ref.folder, m.ref.remote_key), -1) for m in chunk))
                 checkpoint = (
                     cs.checkpoint(last_pos + 1) if cs.checkpoint is not None and last_pos >= 0 else None
                 )
-                self._store_chunk(run, folder_id, chunk, blob_refs, rows, checkpoint)
+                self._store_chunk(run, folder_id, chunk, blob_refs, rows, checkpoint, also)
                 done += len(chunk)
                 if run.progress:
                     run.progress(cs.folder, done, total)
@@ -453,15 +477,18 @@ class SyncEngine:
         blob_refs: list[str],
         rows: list[Prepared],
         checkpoint: Cursor | None,
+        also: dict[str, list[MessageRef]] | None = None,
     ) -> None:
         at = now()
         by_pid: dict[str, mailstore.NewMessage] = {}
-        placements_for: list[tuple[str, RawMessage]] = []
+        placements_for: list[tuple[str, MessageRef, frozenset[str]]] = []
         for raw, blob, row in zip(chunk, blob_refs, rows, strict=True):
             pid = raw.provider_id or row[0]
             # the same message twice in one chunk: one row, two placements
             by_pid[pid] = mailstore.NewMessage(pid, row, blob, raw.internal_date, raw.size, raw.thread_id)
-            placements_for.append((pid, raw))
+            placements_for.append((pid, raw.ref, raw.flags))
+            for ref in (also or {}).get(raw.ref.provider_id or "", ()):
+                placements_for.append((pid, ref, ref.flags if ref.flags is not None else raw.flags))
         new = list(by_pid.values())
         with self.db.engine.begin() as conn:
             self._renew(conn, run.account_id)
@@ -470,11 +497,23 @@ class SyncEngine:
             mailstore.put_placements(
                 conn,
                 [
-                    (ids[pid], folder_id, raw.ref.remote_key, mailstore.flags_text(raw.flags))
-                    for pid, raw in placements_for
+                    (ids[pid], run.folder_ids[ref.folder], ref.remote_key, mailstore.flags_text(flags))
+                    for pid, ref, flags in placements_for
                 ],
             )
             if checkpoint is not None:
                 mailstore.save_cursor(conn, folder_id, checkpoint, at)
         run.report.fetched += len(chunk)
         run.report.fetched_bytes += sum(len(r.raw) for r in chunk)
+
+
+def _by_folder(
+    pairs: Iterable[tuple[str, str]], folder_ids: dict[str, int]
+) -> list[tuple[str, int, list[str]]]:
+    """(folder key, folder id, remote keys) per folder of (folder, remote key) pairs; folders we do
+    not know (gone from the server) are left out: nothing of ours is in them."""
+    groups: dict[str, list[str]] = {}
+    for folder, key in pairs:
+        if folder in folder_ids:
+            groups.setdefault(folder, []).append(key)
+    return [(folder, folder_ids[folder], keys) for folder, keys in groups.items()]
