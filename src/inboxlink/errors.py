@@ -4,6 +4,7 @@
     ├── ConfigError                the operator must change a setting
     ├── ValidationError            input rejected before any I/O (bad email, bad port ...)
     ├── NotFound                   a row the caller may not see or that does not exist
+    ├── Forbidden                  the caller is known but may not do this (operator-only actions)
     ├── Conflict                   a state clash
     │   └── WrongAccount           re-pairing with another mailbox than the account's
     ├── HostRefused                the network guard refused a user-entered host
@@ -50,6 +51,11 @@ class ValidationError(InboxlinkError):
 class NotFound(InboxlinkError):
     code = "not_found"
     http_status = 404
+
+
+class Forbidden(InboxlinkError):
+    code = "forbidden"
+    http_status = 403
 
 
 class Conflict(InboxlinkError):

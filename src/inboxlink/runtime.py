@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from inboxlink.accounts import AccountService
 from inboxlink.auth.secrets import RedactingFilter, SecretBox, load_secret_box
 from inboxlink.config import Settings, get_settings
+from inboxlink.crm import linking
+from inboxlink.crm.records import RecordService
 from inboxlink.store.db import Database, open_database
 from inboxlink.sync.engine import SyncEngine
 
@@ -23,6 +25,7 @@ class Runtime:
     box: SecretBox
     accounts: AccountService
     engine: SyncEngine
+    records: RecordService
 
     @classmethod
     def open(cls, settings: Settings | None = None) -> Runtime:
@@ -31,7 +34,10 @@ class Runtime:
         box = load_secret_box(settings)
         accounts = AccountService(db, settings, box)
         engine = SyncEngine(db, accounts.open_provider, prepare_workers=settings.prepare_workers)
-        return cls(settings=settings, db=db, box=box, accounts=accounts, engine=engine)
+        linking.OPERATOR_HOME = settings.resolved_home
+        return cls(
+            settings=settings, db=db, box=box, accounts=accounts, engine=engine, records=RecordService(db)
+        )
 
     def close(self) -> None:
         self.engine.close()

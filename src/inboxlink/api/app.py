@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from inboxlink.api import routes_accounts, routes_oauth, routes_webhooks
+from inboxlink.api import routes_accounts, routes_crm, routes_oauth, routes_webhooks
 from inboxlink.config import Settings
+from inboxlink.crm.access import SYSTEM, Viewer, access_user, viewer_for_token
 from inboxlink.errors import InboxlinkError
 from inboxlink.outbound.webhooks import WebhookLoop
 from inboxlink.runtime import Runtime
@@ -47,18 +48,42 @@ def create_app(
             if runtime is None:
                 rt.close()
 
-    async def check_token(
+    def check_token(
+        request: Request,
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> None:
-        token = settings.api_token.get_secret_value() if settings.api_token else None
-        if token is None:
-            return
+        x_inboxlink_user: Annotated[
+            str | None, Header(description="act as this user (operator token)")
+        ] = None,
+    ) -> Viewer:
+        """Who is calling (`crm.access.Viewer`): the operator's token (or no token, when none is
+        configured) is the system, which may act as a user with `X-Inboxlink-User`; a user's own
+        token is that user."""
         import hmac
 
-        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
+        operator = settings.api_token.get_secret_value() if settings.api_token else None
+        given = creds.credentials if creds else None
+        rt: Runtime = request.app.state.runtime
+        viewer: Viewer | None = None
+        if (
+            given is not None
+            and operator is not None
+            and hmac.compare_digest(given.encode(), operator.encode())
+        ):
+            viewer = SYSTEM
+        elif given is not None:
+            with rt.db.engine.connect() as conn:
+                viewer = viewer_for_token(conn, given)
+        elif operator is None:
+            viewer = SYSTEM
+        if viewer is None:
             raise HTTPException(
                 status_code=401, detail="missing or wrong API token", headers={"WWW-Authenticate": "Bearer"}
             )
+        if viewer.is_system and x_inboxlink_user:
+            with rt.db.engine.connect() as conn:
+                viewer = access_user(conn, x_inboxlink_user)
+        request.state.viewer = viewer
+        return viewer
 
     app = FastAPI(
         title="inboxlink",
@@ -79,4 +104,5 @@ def create_app(
     app.include_router(routes_accounts.router, prefix="/api/v1", dependencies=[Depends(check_token)])
     app.include_router(routes_oauth.router)  # start checks the API token itself; the state guards callback
     app.include_router(routes_webhooks.router, prefix="/api/v1", dependencies=[Depends(check_token)])
+    app.include_router(routes_crm.router, prefix="/api/v1", dependencies=[Depends(check_token)])
     return app

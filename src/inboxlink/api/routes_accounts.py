@@ -10,6 +10,8 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, SecretStr
 
 from inboxlink.accounts import AccountView
+from inboxlink.crm.access import Viewer, access_account
+from inboxlink.errors import NotFound
 from inboxlink.providers.imap.provider import ImapConfig
 from inboxlink.runtime import Runtime
 
@@ -36,6 +38,9 @@ class ImapPairing(BaseModel):
     security: Literal["tls", "starttls", "none"] = "tls"
     smtp_security: Literal["tls", "starttls", "none"] | None = None
     headers_only: bool = False
+    visibility: Literal["metadata", "subject", "everything"] | None = Field(
+        default=None, description="what teammates see of this mailbox's linked mail (default everything)"
+    )
 
 
 class RePairing(BaseModel):
@@ -58,6 +63,8 @@ class AccountOut(BaseModel):
     sync_mode: str
     config: dict[str, Any]
     capabilities: dict[str, Any] | None
+    owner_id: str | None = Field(default=None, description="the user who paired it; null: the operator")
+    visibility: str = Field(default="everything", description="metadata | subject | everything")
 
     @classmethod
     def of(cls, v: AccountView) -> AccountOut:
@@ -88,13 +95,38 @@ class SyncOut(BaseModel):
     seconds: float
 
 
+def get_viewer(request: Request) -> Viewer:
+    viewer: Viewer = request.state.viewer
+    return viewer
+
+
+ViewerDep = Annotated[Viewer, Depends(get_viewer)]
+
+
+def _guard(rt: Runtime, viewer: Viewer, account_id: str) -> None:
+    """Only the owner (or the operator) manages an account; others get the same 404 as for none."""
+    with rt.db.engine.connect() as conn:
+        access_account(conn, viewer, account_id)
+
+
+class SharingBody(BaseModel):
+    visibility: Literal["metadata", "subject", "everything"]
+
+
 @router.get("/accounts", response_model=list[AccountOut])
-def list_accounts(rt: RuntimeDep) -> list[AccountOut]:
-    return [AccountOut.of(v) for v in rt.accounts.all()]
+def list_accounts(rt: RuntimeDep, viewer: ViewerDep) -> list[AccountOut]:
+    return [AccountOut.of(v) for v in rt.accounts.all() if viewer.is_system or v.owner_id == viewer.user_id]
+
+
+@router.patch("/accounts/{account_id}", response_model=AccountOut)
+def share_account(account_id: str, body: SharingBody, rt: RuntimeDep, viewer: ViewerDep) -> AccountOut:
+    """Change what teammates see of this mailbox's linked mail."""
+    _guard(rt, viewer, account_id)
+    return AccountOut.of(rt.accounts.set_sharing(account_id, visibility=body.visibility))
 
 
 @router.post("/accounts", response_model=AccountOut, status_code=201)
-def pair_account(body: ImapPairing, rt: RuntimeDep, request: Request) -> AccountOut:
+def pair_account(body: ImapPairing, rt: RuntimeDep, request: Request, viewer: ViewerDep) -> AccountOut:
     config = ImapConfig(
         email=body.email,
         imap_host=body.imap_host,
@@ -106,18 +138,25 @@ def pair_account(body: ImapPairing, rt: RuntimeDep, request: Request) -> Account
         smtp_security=body.smtp_security,
     )
     view = rt.accounts.pair_imap(config, body.password.get_secret_value(), headers_only=body.headers_only)
+    if not viewer.is_system and view.owner_id not in (None, viewer.user_id):
+        raise NotFound("this mailbox is paired by another user")
+    view = rt.accounts.set_sharing(view.id, owner_id=viewer.user_id, visibility=body.visibility)
     _poke(request, view.id)
     return AccountOut.of(view)
 
 
 @router.get("/accounts/{account_id}", response_model=AccountOut)
-def show_account(account_id: str, rt: RuntimeDep) -> AccountOut:
+def show_account(account_id: str, rt: RuntimeDep, viewer: ViewerDep) -> AccountOut:
+    _guard(rt, viewer, account_id)
     return AccountOut.of(rt.accounts.get(account_id))
 
 
 @router.post("/accounts/{account_id}/repair", response_model=AccountOut)
-def repair_account(account_id: str, body: RePairing, rt: RuntimeDep, request: Request) -> AccountOut:
+def repair_account(
+    account_id: str, body: RePairing, rt: RuntimeDep, request: Request, viewer: ViewerDep
+) -> AccountOut:
     """Pair again with a new password: same mailbox, cursors kept, nothing downloaded again."""
+    _guard(rt, viewer, account_id)
     current = rt.accounts.get(account_id)
     config = ImapConfig.from_dict(current.config)
     view = rt.accounts.pair_imap(config, body.password.get_secret_value(), account_id=account_id)
@@ -126,7 +165,8 @@ def repair_account(account_id: str, body: RePairing, rt: RuntimeDep, request: Re
 
 
 @router.get("/accounts/{account_id}/transitions", response_model=list[TransitionOut])
-def account_transitions(account_id: str, rt: RuntimeDep) -> list[TransitionOut]:
+def account_transitions(account_id: str, rt: RuntimeDep, viewer: ViewerDep) -> list[TransitionOut]:
+    _guard(rt, viewer, account_id)
     return [
         TransitionOut(from_status=t.from_status, to_status=t.to_status, reason=t.reason, at=t.at)
         for t in rt.accounts.transitions(account_id)
@@ -156,26 +196,30 @@ class PermissionsOut(BaseModel):
 
 
 @router.get("/accounts/{account_id}/permissions", response_model=PermissionsOut)
-def account_permissions(account_id: str, rt: RuntimeDep) -> PermissionsOut:
+def account_permissions(account_id: str, rt: RuntimeDep, viewer: ViewerDep) -> PermissionsOut:
     """Each granted OAuth scope, what it powers, and which features work or miss a scope."""
+    _guard(rt, viewer, account_id)
     return PermissionsOut.model_validate(asdict(rt.accounts.permissions(account_id)))
 
 
 @router.get("/accounts/{account_id}/folders", response_model=list[FolderOut])
-def account_folders(account_id: str, rt: RuntimeDep) -> list[FolderOut]:
+def account_folders(account_id: str, rt: RuntimeDep, viewer: ViewerDep) -> list[FolderOut]:
+    _guard(rt, viewer, account_id)
     return [FolderOut(**f) for f in rt.accounts.folders(account_id)]
 
 
 @router.post("/accounts/{account_id}/sync", response_model=SyncOut)
-def sync_account(account_id: str, rt: RuntimeDep) -> SyncOut:
+def sync_account(account_id: str, rt: RuntimeDep, viewer: ViewerDep) -> SyncOut:
     """Sync now and answer when done."""
+    _guard(rt, viewer, account_id)
     rt.accounts.get(account_id)
     return SyncOut(**rt.engine.sync(account_id).summary())
 
 
 @router.delete("/accounts/{account_id}", response_model=AccountOut)
-def unpair_account(account_id: str, rt: RuntimeDep) -> AccountOut:
+def unpair_account(account_id: str, rt: RuntimeDep, viewer: ViewerDep) -> AccountOut:
     """Unpair: stop syncing and forget the credentials. Synced mail stays."""
+    _guard(rt, viewer, account_id)
     return AccountOut.of(rt.accounts.unpair(account_id))
 
 

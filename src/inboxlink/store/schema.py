@@ -125,6 +125,9 @@ messages = Table(
     UniqueConstraint("account_id", "provider_id", name="uq_messages_account_provider_id"),
     Index("ix_messages_message_id", "message_id"),
     Index("ix_messages_account_date", "account_id", "date"),
+    # thread links (crm/linking.py): replies by parent Message-ID, and provider threads
+    Index("ix_messages_in_reply_to", "in_reply_to"),
+    Index("ix_messages_account_thread", "account_id", "thread_id"),
 )
 
 placements = Table(
@@ -333,9 +336,7 @@ webhook_deliveries = Table(
     metadata,
     Column("id", IdType, primary_key=True, autoincrement=True),
     Column("event_id", String(40), ForeignKey("event_outbox.id", ondelete="CASCADE"), nullable=False),
-    Column(
-        "endpoint_id", String(32), ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False
-    ),
+    Column("endpoint_id", String(32), ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False),
     Column("status", String(16), nullable=False),  # pending | succeeded | failed
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", DateTime(timezone=True)),  # None once succeeded or failed

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 import queue
@@ -43,6 +44,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
+from inboxlink.crm import linking
 from inboxlink.domain import AccountStatus, ChangeSet, Cursor, FetchParts, MessageRef, RawMessage
 from inboxlink.errors import AuthError, CursorExpired, InboxlinkError, TransientError, UnsupportedServer
 from inboxlink.providers.base import MailProvider
@@ -494,6 +496,8 @@ class SyncEngine:
             self._renew(conn, run.account_id)
             known = mailstore.messages_by_provider_id(conn, run.account_id, list(by_pid))
             ids = mailstore.write_messages(conn, run.account_id, new, known, at)
+            # links commit with their message: a message is on its timelines the moment it is stored
+            linking.link_messages(conn, [_facts(run.account_id, ids[m.provider_id], m) for m in new])
             mailstore.put_placements(
                 conn,
                 [
@@ -517,3 +521,20 @@ def _by_folder(
         if folder in folder_ids:
             groups.setdefault(folder, []).append(key)
     return [(folder, folder_ids[folder], keys) for folder, keys in groups.items()]
+
+
+def _facts(account_id: str, message_row: int, m: mailstore.NewMessage) -> linking.MessageFacts:
+    r = m.row  # layout: sync.prepare.Prepared
+    references = r[11]
+    return linking.MessageFacts(
+        id=message_row,
+        account_id=account_id,
+        message_id=r[1],
+        subject=r[2],
+        text=r[7],
+        addresses=list(r[16]),
+        in_reply_to=r[10],
+        references=json.loads(references) if references and references != "[]" else [],
+        thread_id=m.thread_id,
+        headers_json=r[12],
+    )

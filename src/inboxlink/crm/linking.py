@@ -1,0 +1,762 @@
+"""Linking: which records a message belongs on, and why. Every link stores its rule and evidence.
+
+Rules, applied to a set of messages (new mail from a sync, or past mail when records change):
+
+    blocked   a participant (or its domain) is on the blocklist  -> no link at all
+    internal  every participant is the team's own (settings.exclude_internal) -> no link at all
+    participant  address -> the person who has it                 "jane@acme.com is the sender"
+    domain       address domain -> the company that has it, never a free-mail domain nor the
+                 team's own domains                               "jane@acme.com is at acme.com"
+    token        a deal's token ("[T-1042]") in subject or body   "[T-1042] in the subject"
+    thread       a reply inherits the links of the message it answers (In-Reply-To / References /
+                 the provider's thread id), both ways: a parent linked later passes its links down
+    deal_contact the only open deal of a linked person            "the only open deal of Jane Doe"
+    manual       chosen by a user in the review queue (never removed by re-linking)
+
+Ambiguity is not guessed: an address two people share, a domain two companies claim, a person with
+several open deals -> a `review_items` row with the candidates; a user picks one (rule manual).
+
+Contact auto-creation (settings.auto_create): none / sent (recipients of the team's sent mail) /
+sent_and_received (also senders of received mail); never from automated or list mail (List-Id,
+List-Unsubscribe, Precedence bulk/list/junk, Auto-Submitted, no-reply senders), the team's own
+addresses, or blocked ones.
+
+Order of work for a set S (`link_messages`): direct links (participant, domain, token, auto-created)
+-> thread links from parents, repeated while replies inside S gain some -> deal_contact / deal review
+-> thread links passed down to replies outside S. Re-linking (`relink_records`) first removes the
+automatic links and open review items of every message that might change, then runs the same steps:
+one code path decides, whether the mail or the record came first.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, or_, select, update
+
+from inboxlink.crm import settings as crm_settings
+from inboxlink.store.schema import (
+    accounts,
+    blocklist,
+    links,
+    message_addresses,
+    messages,
+    record_keys,
+    records,
+    review_items,
+    users,
+)
+from inboxlink.store.schema import (
+    crm_settings as crm_settings_table,
+)
+from inboxlink.sync.state import now
+
+_ROLE_WORDS = {
+    "from": "the sender",
+    "to": "a recipient (To)",
+    "cc": "in Cc",
+    "bcc": "in Bcc",
+    "reply_to": "the Reply-To address",
+}
+_ROLE_ORDER = {"from": 0, "to": 1, "cc": 2, "bcc": 3, "reply_to": 4}
+_TOKEN_CANDIDATE = re.compile(r"(?<![A-Za-z0-9])([A-Za-z][A-Za-z0-9]{0,15}-\d{1,12})(?![0-9])")
+_NO_REPLY = re.compile(
+    r"^(no-?reply|do-?not-?reply|donotreply|noreply-[^@]*|mailer-daemon|postmaster|bounces?|notifications?)"
+    r"([+.\-_][^@]*)?@",
+    re.IGNORECASE,
+)
+_MAX_THREAD_ROUNDS = 8
+_IN = 500  # ids per IN (...) list
+
+
+@dataclass
+class MessageFacts:
+    """What linking reads of one stored message."""
+
+    id: int  # messages.id
+    account_id: str
+    message_id: str | None
+    subject: str | None
+    text: str | None
+    addresses: list[tuple[str, str, str | None]]  # (role, email lower-cased, display name)
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    thread_id: str | None = None
+    headers: Mapping[str, str] | None = None
+    headers_json: str | None = None  # read only when needed (auto-creation), to keep the sync path lean
+
+    def header(self, name: str) -> str:
+        if self.headers is None:
+            self.headers = json.loads(self.headers_json) if self.headers_json else {}
+        value = self.headers.get(name)
+        return value if isinstance(value, str) else ""
+
+
+@dataclass
+class Index:
+    """Everything linking needs to know about records, the team and the settings, loaded once and
+    reused until something changes (`index_version`)."""
+
+    version: int
+    settings: crm_settings.LinkSettings
+    people_by_email: dict[str, list[str]]
+    companies_by_domain: dict[str, list[str]]
+    deal_by_token: dict[str, str]
+    open_deals_by_person: dict[str, list[str]]
+    names: dict[str, str]
+    types: dict[str, str]
+    team: frozenset[str]  # the team's own addresses (paired accounts, users)
+    own_domains: frozenset[str]
+    freemail: frozenset[str]
+    blocked: frozenset[str]
+    account_email: dict[str, str]
+
+    @property
+    def idle(self) -> bool:
+        """Nothing could link: no records and no auto-creation."""
+        return not self.types and self.settings.auto_create == "none"
+
+    def is_blocked(self, email: str) -> bool:
+        if not self.blocked:
+            return False
+        if email in self.blocked:
+            return True
+        domain = email.rpartition("@")[2]
+        while domain:
+            if domain in self.blocked:
+                return True
+            domain = domain.partition(".")[2]
+        return False
+
+
+# Where the operator may add free-mail domains (set by `Runtime.open`).
+OPERATOR_HOME: Path | None = None
+
+_cache_lock = threading.Lock()
+_cache: dict[str, Index] = {}
+
+
+def _version(conn: Connection) -> int:
+    value = conn.execute(
+        select(crm_settings_table.c.value).where(crm_settings_table.c.key == "index_version")
+    ).scalar()
+    return int(value or 0)
+
+
+def bump(conn: Connection) -> None:
+    """Say that records, settings, the blocklist or the team changed: every process reloads its index."""
+    version = _version(conn) + 1
+    conn.execute(delete(crm_settings_table).where(crm_settings_table.c.key == "index_version"))
+    conn.execute(crm_settings_table.insert().values(key="index_version", value=version, updated_at=now()))
+
+
+def load_index(conn: Connection) -> Index:
+    version = _version(conn)
+    key = str(conn.engine.url)
+    with _cache_lock:
+        cached = _cache.get(key)
+    if cached is not None and cached.version == version:
+        return cached
+    s = crm_settings.load(conn)
+    people: dict[str, list[str]] = defaultdict(list)
+    companies: dict[str, list[str]] = defaultdict(list)
+    for k in conn.execute(select(record_keys.c.record_id, record_keys.c.kind, record_keys.c.value)):
+        (people if k.kind == "email" else companies)[k.value].append(k.record_id)
+    names: dict[str, str] = {}
+    types: dict[str, str] = {}
+    tokens: dict[str, str] = {}
+    open_deals: dict[str, list[str]] = defaultdict(list)
+    for r in conn.execute(
+        select(
+            records.c.id,
+            records.c.type,
+            records.c.name,
+            records.c.token,
+            records.c.status,
+            records.c.person_id,
+        )
+    ):
+        names[r.id] = r.name
+        types[r.id] = r.type
+        if r.type == "deal":
+            if r.token:
+                tokens[r.token.upper()] = r.id
+            if r.status == "open" and r.person_id:
+                open_deals[r.person_id].append(r.id)
+    account_email = {r.id: r.email.lower() for r in conn.execute(select(accounts.c.id, accounts.c.email))}
+    team = set(account_email.values()) | {r.email.lower() for r in conn.execute(select(users.c.email))}
+    freemail = crm_settings.freemail_domains(OPERATOR_HOME)
+    own = frozenset(e.rpartition("@")[2] for e in team) - freemail
+    index = Index(
+        version=version,
+        settings=s,
+        people_by_email=dict(people),
+        companies_by_domain=dict(companies),
+        deal_by_token=tokens,
+        open_deals_by_person=dict(open_deals),
+        names=names,
+        types=types,
+        team=frozenset(team),
+        own_domains=own,
+        freemail=freemail,
+        blocked=frozenset(r.value for r in conn.execute(select(blocklist.c.value))),
+        account_email=account_email,
+    )
+    with _cache_lock:
+        _cache[key] = index
+    return index
+
+
+# -- the decision ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Outcome:
+    links: dict[tuple[int, str], tuple[str, str]] = field(
+        default_factory=dict
+    )  # (msg, record) -> rule, evidence
+    reviews: dict[tuple[int, str], tuple[list[str], str]] = field(default_factory=dict)
+    created: dict[str, tuple[str, int, str]] = field(
+        default_factory=dict
+    )  # email -> (name, msg id, evidence)
+
+    def link(self, message: int, record: str, rule: str, evidence: str) -> None:
+        self.links.setdefault((message, record), (rule, evidence))
+
+
+def _is_automated(f: MessageFacts) -> bool:
+    if f.header("list-id") or f.header("list-unsubscribe"):
+        return True
+    if f.header("precedence").strip().lower() in ("bulk", "list", "junk"):
+        return True
+    auto = f.header("auto-submitted").strip().lower()
+    if auto and auto != "no":
+        return True
+    return any(role == "from" and _NO_REPLY.match(email) for role, email, _n in f.addresses)
+
+
+def _skip_reason(f: MessageFacts, ix: Index) -> str | None:
+    others = [email for _r, email, _n in f.addresses]
+    if any(ix.is_blocked(e) for e in others if e != ix.account_email.get(f.account_id)):
+        return "blocked"
+    if (
+        ix.settings.exclude_internal
+        and others
+        and all(e in ix.team or e.rpartition("@")[2] in ix.own_domains for e in others)
+    ):
+        return "internal"
+    return None
+
+
+def _direct(f: MessageFacts, ix: Index, out: _Outcome) -> None:
+    auto = ix.settings.auto_link
+    own = ix.account_email.get(f.account_id, "")
+    seen: set[str] = set()
+    for role, email, name in sorted(f.addresses, key=lambda a: _ROLE_ORDER.get(a[0], 9)):
+        if email in seen or email in ix.team or email == own:
+            continue
+        seen.add(email)
+        where = _ROLE_WORDS.get(role, role)
+        people = ix.people_by_email.get(email, [])
+        if "person" in auto:
+            if len(people) == 1:
+                out.link(f.id, people[0], "participant", f"{email} is {where}")
+            elif len(people) > 1:
+                out.reviews.setdefault(
+                    (f.id, "person"), (sorted(people), f"{email} belongs to {len(people)} people")
+                )
+            elif _may_create(f, ix, role, email):
+                out.created.setdefault(
+                    email,
+                    (
+                        name or email.partition("@")[0],
+                        f.id,
+                        f"{email} is {where} (person created from this mail)",
+                    ),
+                )
+        domain = email.rpartition("@")[2]
+        if "company" in auto and domain not in ix.freemail and domain not in ix.own_domains:
+            companies = _companies_for(domain, ix)
+            if len(companies) == 1:
+                cid, matched = companies[0]
+                out.link(
+                    f.id, cid, "domain", f"{email} is at {matched}, a domain of {ix.names.get(cid, cid)}"
+                )
+            elif len(companies) > 1:
+                out.reviews.setdefault(
+                    (f.id, "company"),
+                    (sorted(c for c, _d in companies), f"{domain} belongs to {len(companies)} companies"),
+                )
+    if "deal" in auto and ix.deal_by_token:
+        for where, text in (("subject", f.subject), ("body", f.text)):
+            if not text:
+                continue
+            for m in _TOKEN_CANDIDATE.finditer(text):
+                deal = ix.deal_by_token.get(m.group(1).upper())
+                if deal:
+                    bracketed = text[max(0, m.start() - 1) : m.end() + 1]
+                    shown = bracketed if bracketed.startswith("[") and bracketed.endswith("]") else m.group(1)
+                    out.link(f.id, deal, "token", f"{shown} in the {where}")
+
+
+def _companies_for(domain: str, ix: Index) -> list[tuple[str, str]]:
+    """Companies owning `domain` or a parent of it (mail.acme.com -> acme.com), nearest first."""
+    d = domain
+    while d and "." in d:
+        found = ix.companies_by_domain.get(d)
+        if found:
+            return [(c, d) for c in found]
+        d = d.partition(".")[2]
+    return []
+
+
+def _may_create(f: MessageFacts, ix: Index, role: str, email: str) -> bool:
+    policy = ix.settings.auto_create
+    if policy == "none" or ix.is_blocked(email) or _NO_REPLY.match(email):
+        return False
+    if _is_automated(f):
+        return False
+    own = ix.account_email.get(f.account_id, "")
+    sent = any(r == "from" and (e == own or e in ix.team) for r, e, _n in f.addresses)
+    if sent:
+        return role in ("to", "cc", "bcc")
+    return policy == "sent_and_received" and role in ("from", "reply_to", "cc", "to")
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+
+def _insert_links(conn: Connection, rows: Iterable[tuple[int, str, str, str]]) -> int:
+    """Insert links, keeping any that exist (the first reason found stays); returns how many are new."""
+    batch = list(rows)
+    if not batch:
+        return 0
+    sqlite = conn.dialect.name == "sqlite"
+    mark = "?" if sqlite else "%s"
+    at = now()
+    stamp: Any = at.replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite else at
+    result = conn.exec_driver_sql(
+        "INSERT INTO links (message_id, record_id, rule, evidence, created_at) "
+        f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}) ON CONFLICT (message_id, record_id) DO NOTHING",
+        [(m, r, rule, ev, stamp) for m, r, rule, ev in batch],
+    )
+    return max(int(result.rowcount or 0), 0)
+
+
+def _existing_links(conn: Connection, message_ids: Sequence[int]) -> dict[int, dict[str, str]]:
+    found: dict[int, dict[str, str]] = defaultdict(dict)
+    for chunk in _chunks(message_ids):
+        for r in conn.execute(
+            select(links.c.message_id, links.c.record_id, links.c.rule).where(links.c.message_id.in_(chunk))
+        ):
+            found[r.message_id][r.record_id] = r.rule
+    return found
+
+
+def _chunks(items: Sequence[Any], n: int = _IN) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _create_people(conn: Connection, out: _Outcome) -> None:
+    import uuid
+
+    if not out.created:
+        return
+    at = now()
+    for email, (name, message, evidence) in out.created.items():
+        rid = uuid.uuid4().hex[:16]
+        conn.execute(
+            records.insert().values(
+                id=rid,
+                type="person",
+                name=name[:500],
+                origin="auto",
+                status="open",
+                created_at=at,
+                updated_at=at,
+            )
+        )
+        conn.execute(record_keys.insert().values(record_id=rid, kind="email", value=email))
+        out.link(message, rid, "participant", evidence)
+    bump(conn)
+
+
+def _write_reviews(conn: Connection, out: _Outcome) -> None:
+    if not out.reviews:
+        return
+    at = now()
+    for (message, kind), (candidates, reason) in out.reviews.items():
+        current = conn.execute(
+            select(review_items.c.id, review_items.c.status).where(
+                review_items.c.message_id == message, review_items.c.kind == kind
+            )
+        ).one_or_none()
+        if current is None:
+            conn.execute(
+                review_items.insert().values(
+                    message_id=message,
+                    kind=kind,
+                    candidates=candidates,
+                    reason=reason,
+                    status="open",
+                    created_at=at,
+                )
+            )
+        elif current.status == "open":
+            conn.execute(
+                update(review_items)
+                .where(review_items.c.id == current.id)
+                .values(candidates=candidates, reason=reason)
+            )
+
+
+# -- thread links -----------------------------------------------------------------------------------
+
+
+def _thread_parents(
+    conn: Connection, facts: Sequence[MessageFacts]
+) -> dict[int, list[tuple[int, str | None]]]:
+    """message id -> [(parent message row id, parent RFC Message-ID)] among stored messages."""
+    wanted: dict[str, list[int]] = defaultdict(list)
+    for f in facts:
+        for ref in {f.in_reply_to, *f.references} - {None, ""}:
+            assert ref is not None
+            wanted[ref].append(f.id)
+    by_thread: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for f in facts:
+        if f.thread_id:
+            by_thread[(f.account_id, f.thread_id)].append(f.id)
+    parents: dict[int, list[tuple[int, str | None]]] = defaultdict(list)
+    keys = list(wanted)
+    for chunk in _chunks(keys):
+        for r in conn.execute(
+            select(messages.c.id, messages.c.message_id).where(
+                messages.c.message_id.in_(chunk), messages.c.deleted_at.is_(None)
+            )
+        ):
+            for child in wanted[r.message_id]:
+                if child != r.id:
+                    parents[child].append((r.id, r.message_id))
+    for (account, thread), children in by_thread.items():
+        for r in conn.execute(
+            select(messages.c.id, messages.c.message_id).where(
+                messages.c.account_id == account,
+                messages.c.thread_id == thread,
+                messages.c.deleted_at.is_(None),
+            )
+        ):
+            for child in children:
+                if child != r.id:
+                    parents[child].append((r.id, r.message_id))
+    return parents
+
+
+def _inherit(conn: Connection, facts: Sequence[MessageFacts], ix: Index) -> int:
+    """Thread links for `facts` from their parents' links (of any rule); returns how many were added."""
+    parents = _thread_parents(conn, facts)
+    if not parents:
+        return 0
+    parent_ids = sorted({p for ps in parents.values() for p, _mid in ps})
+    parent_links = _existing_links(conn, parent_ids)
+    rows: list[tuple[int, str, str, str]] = []
+    for child, ps in parents.items():
+        for pid, pmid in ps:
+            for record in parent_links.get(pid, {}):
+                rows.append(
+                    (child, record, "thread", f"in the thread of <{pmid}>, which is on {_label(ix, record)}")
+                )
+    return _insert_links(conn, rows)
+
+
+def _label(ix: Index, record: str) -> str:
+    return f"{ix.types.get(record, 'record')} {ix.names.get(record, record)}"
+
+
+def _deal_contacts(conn: Connection, facts: Sequence[MessageFacts], ix: Index) -> None:
+    if "deal" not in ix.settings.auto_link or not ix.open_deals_by_person:
+        return
+    current = _existing_links(conn, [f.id for f in facts])
+    rows: list[tuple[int, str, str, str]] = []
+    out = _Outcome()
+    for f in facts:
+        linked = current.get(f.id, {})
+        if any(ix.types.get(r) == "deal" for r in linked):
+            continue  # a token or the thread already said which deal
+        deals: dict[str, str] = {}
+        for record in linked:
+            for deal in ix.open_deals_by_person.get(record, []):
+                deals.setdefault(deal, record)
+        if len(deals) == 1:
+            deal, person = next(iter(deals.items()))
+            rows.append((f.id, deal, "deal_contact", f"the only open deal of {ix.names.get(person, person)}"))
+        elif len(deals) > 1:
+            people = sorted({ix.names.get(p, p) for p in deals.values()})
+            out.reviews[(f.id, "deal")] = (
+                sorted(deals),
+                f"{', '.join(people)} {'has' if len(people) == 1 else 'have'} {len(deals)} open deals",
+            )
+    _insert_links(conn, rows)
+    _write_reviews(conn, out)
+
+
+def _pass_down(conn: Connection, facts: Sequence[MessageFacts], ix: Index) -> None:
+    """Replies stored before their parent gained links inherit them now (and their replies...)."""
+    frontier = [f for f in facts if f.message_id or f.thread_id]
+    seen = {f.id for f in facts}
+    for _ in range(_MAX_THREAD_ROUNDS):
+        mids = [f.message_id for f in frontier if f.message_id]
+        threads = {(f.account_id, f.thread_id) for f in frontier if f.thread_id}
+        child_ids: set[int] = set()
+        for chunk in _chunks(mids):
+            child_ids.update(
+                r.id for r in conn.execute(select(messages.c.id).where(messages.c.in_reply_to.in_(chunk)))
+            )
+        for account, thread in threads:
+            child_ids.update(
+                r.id
+                for r in conn.execute(
+                    select(messages.c.id).where(
+                        messages.c.account_id == account, messages.c.thread_id == thread
+                    )
+                )
+            )
+        child_ids -= seen
+        if not child_ids:
+            return
+        children = load_facts(conn, sorted(child_ids))
+        seen |= child_ids
+        children = [c for c in children if _skip_reason(c, ix) is None]
+        if not _inherit(conn, children, ix):
+            return
+        frontier = children
+
+
+# -- entry points -----------------------------------------------------------------------------------
+
+
+def link_messages(conn: Connection, facts: Sequence[MessageFacts]) -> None:
+    """Link messages just stored (or whose links were just cleared). Inside the caller's transaction,
+    so a message and its links commit together."""
+    if not facts:
+        return
+    ix = load_index(conn)
+    if ix.idle and not _any_links(conn):
+        return
+    live = [f for f in facts if _skip_reason(f, ix) is None]
+    out = _Outcome()
+    for f in live:
+        _direct(f, ix, out)
+    _create_people(conn, out)
+    _insert_links(conn, ((m, r, rule, ev) for (m, r), (rule, ev) in out.links.items()))
+    _write_reviews(conn, out)
+    if out.created:
+        ix = load_index(conn)
+    for _ in range(_MAX_THREAD_ROUNDS):
+        if not _inherit(conn, live, ix):
+            break
+    _deal_contacts(conn, live, ix)
+    linked = _existing_links(conn, [f.id for f in live])
+    _pass_down(conn, [f for f in live if linked.get(f.id)], ix)
+
+
+def _any_links(conn: Connection) -> bool:
+    return conn.execute(select(links.c.id).limit(1)).first() is not None
+
+
+def load_facts(conn: Connection, ids: Sequence[int]) -> list[MessageFacts]:
+    facts: dict[int, MessageFacts] = {}
+    for chunk in _chunks(list(ids)):
+        for r in conn.execute(
+            select(
+                messages.c.id,
+                messages.c.account_id,
+                messages.c.message_id,
+                messages.c.subject,
+                messages.c.text_body,
+                messages.c.in_reply_to,
+                messages.c.references,
+                messages.c.thread_id,
+                messages.c.headers,
+            ).where(messages.c.id.in_(chunk), messages.c.deleted_at.is_(None))
+        ):
+            facts[r.id] = MessageFacts(
+                id=r.id,
+                account_id=r.account_id,
+                message_id=r.message_id,
+                subject=r.subject,
+                text=r.text_body,
+                addresses=[],
+                in_reply_to=r.in_reply_to,
+                references=list(r.references or []),
+                thread_id=r.thread_id,
+                headers=r.headers if isinstance(r.headers, dict) else json.loads(r.headers or "{}"),
+            )
+        for a in conn.execute(
+            select(
+                message_addresses.c.message_id,
+                message_addresses.c.role,
+                message_addresses.c.email,
+                message_addresses.c.name,
+            ).where(message_addresses.c.message_id.in_(chunk))
+        ):
+            if a.message_id in facts:
+                facts[a.message_id].addresses.append((a.role, a.email, a.name))
+    return [facts[i] for i in ids if i in facts]
+
+
+def recompute(conn: Connection, message_ids: Iterable[int]) -> None:
+    """Drop the automatic links and open review items of these messages and decide again."""
+    ids = sorted(set(message_ids))
+    if not ids:
+        return
+    for chunk in _chunks(ids):
+        conn.execute(delete(links).where(links.c.message_id.in_(chunk), links.c.rule != "manual"))
+        conn.execute(
+            delete(review_items).where(review_items.c.message_id.in_(chunk), review_items.c.status == "open")
+        )
+    link_messages(conn, load_facts(conn, ids))
+
+
+def _candidates(conn: Connection, record_ids: Sequence[str]) -> set[int]:
+    """Messages whose links could change when these records change: those linked to them now (and
+    to the people of their deals), and those that mention their addresses, domains or tokens."""
+    found: set[int] = set()
+    person_ids = set(record_ids)
+    rows = conn.execute(
+        select(records.c.id, records.c.type, records.c.token, records.c.person_id).where(
+            records.c.id.in_(record_ids)
+        )
+    ).all()
+    for r in rows:
+        if r.type == "deal" and r.person_id:
+            person_ids.add(r.person_id)
+    for chunk in _chunks(sorted(set(record_ids) | person_ids)):
+        found.update(
+            x.message_id for x in conn.execute(select(links.c.message_id).where(links.c.record_id.in_(chunk)))
+        )
+    keys = conn.execute(
+        select(record_keys.c.kind, record_keys.c.value).where(record_keys.c.record_id.in_(sorted(person_ids)))
+    ).all()
+    emails = [k.value for k in keys if k.kind == "email"]
+    for chunk in _chunks(emails):
+        found.update(
+            x.message_id
+            for x in conn.execute(
+                select(message_addresses.c.message_id).where(message_addresses.c.email.in_(chunk))
+            )
+        )
+    for k in keys:
+        if k.kind == "domain":
+            found.update(
+                x.message_id
+                for x in conn.execute(
+                    select(message_addresses.c.message_id).where(
+                        or_(
+                            message_addresses.c.email.like(f"%@{k.value}"),
+                            message_addresses.c.email.like(f"%.{k.value}"),
+                        )
+                    )
+                )
+            )
+    for r in rows:
+        if r.type == "deal" and r.token:
+            pattern = f"%{r.token}%"
+            found.update(
+                x.id
+                for x in conn.execute(
+                    select(messages.c.id).where(
+                        or_(messages.c.subject.ilike(pattern), messages.c.text_body.ilike(pattern))
+                    )
+                )
+            )
+    return found
+
+
+def relink_records(conn: Connection, record_ids: Sequence[str]) -> None:
+    """Records were created or changed: decide again for every message they could concern."""
+    bump(conn)
+    recompute(conn, _candidates(conn, record_ids))
+
+
+def forget_record(conn: Connection, record_id: str) -> None:
+    """A record was deleted (its links went with it): replies that only inherited it lose it too."""
+    bump(conn)
+    conn.execute(delete(links).where(links.c.record_id == record_id))
+    stale = [
+        r.id
+        for r in conn.execute(
+            select(review_items.c.id, review_items.c.candidates).where(review_items.c.status == "open")
+        )
+        if record_id in (r.candidates or [])
+    ]
+    if stale:
+        conn.execute(delete(review_items).where(review_items.c.id.in_(stale)))
+
+
+def purge_blocked(conn: Connection, value: str) -> int:
+    """Remove every link and review item of mail involving a newly blocked address or domain."""
+    bump(conn)
+    ids = _involving(conn, value)
+    removed = 0
+    for chunk in _chunks(ids):
+        removed += conn.execute(delete(links).where(links.c.message_id.in_(chunk))).rowcount or 0
+        conn.execute(delete(review_items).where(review_items.c.message_id.in_(chunk)))
+    return removed
+
+
+def _involving(conn: Connection, value: str) -> list[int]:
+    if "@" in value:
+        cond = message_addresses.c.email == value
+    else:
+        cond = or_(message_addresses.c.email.like(f"%@{value}"), message_addresses.c.email.like(f"%.{value}"))
+    return sorted({r.message_id for r in conn.execute(select(message_addresses.c.message_id).where(cond))})
+
+
+def relink_blocked(conn: Connection, value: str) -> None:
+    """An address or domain left the blocklist: its mail links again."""
+    bump(conn)
+    recompute(conn, _involving(conn, value))
+
+
+def resolve_review(conn: Connection, item_id: int, record_id: str | None, user: str | None) -> dict[str, Any]:
+    """A user answered a review question: link the chosen record (rule manual) or dismiss it."""
+    from inboxlink.errors import NotFound, ValidationError
+
+    item = conn.execute(select(review_items).where(review_items.c.id == item_id)).one_or_none()
+    if item is None:
+        raise NotFound(f"no review item {item_id}")
+    if item.status != "open":
+        raise ValidationError(f"review item {item_id} is already {item.status}")
+    at = now()
+    if record_id is None:
+        conn.execute(
+            update(review_items)
+            .where(review_items.c.id == item_id)
+            .values(status="dismissed", resolved_at=at)
+        )
+        return {"status": "dismissed"}
+    if record_id not in (item.candidates or []):
+        raise ValidationError(f"{record_id} is not one of the candidates {item.candidates}")
+    by = f" by user {user}" if user else ""
+    conn.execute(
+        delete(links).where(and_(links.c.message_id == item.message_id, links.c.record_id == record_id))
+    )
+    _insert_links(
+        conn, [(item.message_id, record_id, "manual", f"chosen in the review queue{by}: {item.reason}")]
+    )
+    conn.execute(
+        update(review_items)
+        .where(review_items.c.id == item_id)
+        .values(status="resolved", resolved_record_id=record_id, resolved_at=at)
+    )
+    facts = load_facts(conn, [item.message_id])
+    _pass_down(conn, facts, load_index(conn))
+    return {"status": "resolved", "record_id": record_id}

@@ -1,0 +1,380 @@
+"""Linking, timelines, visibility, the review queue and search, through the REST API, with mail
+delivered into a real Dovecot and synced by the real engine. Every link must say why it exists."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from inboxlink.api.app import create_app
+from inboxlink.config import Settings
+from inboxlink.testing.dovecot import Dovecot, MailUser
+
+_n = 0
+
+
+def mail(
+    sender: str,
+    to: str,
+    subject: str,
+    *,
+    body: str = "Hello.\n",
+    cc: str | None = None,
+    msgid: str | None = None,
+    reply_to_msgid: str | None = None,
+    minutes: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[bytes, str]:
+    global _n
+    _n += 1
+    m = EmailMessage()
+    m["From"] = sender
+    m["To"] = to
+    if cc:
+        m["Cc"] = cc
+    m["Subject"] = subject
+    m["Date"] = format_datetime(datetime(2026, 3, 1, tzinfo=UTC) + timedelta(minutes=minutes or _n))
+    mid = msgid or f"m{_n}.{id(m)}@mail.example"
+    m["Message-ID"] = f"<{mid}>"
+    if reply_to_msgid:
+        m["In-Reply-To"] = f"<{reply_to_msgid}>"
+        m["References"] = f"<{reply_to_msgid}>"
+    for k, v in (headers or {}).items():
+        m[k] = v
+    m.set_content(body)
+    return bytes(m), mid
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(home=tmp_path / "home", allow_private_hosts=True))) as c:
+        yield c
+
+
+class Team:
+    """A CRM team on one inboxlink: users, their paired mailboxes, records."""
+
+    def __init__(self, client: TestClient, dovecot: Dovecot) -> None:
+        self.c = client
+        self.dovecot = dovecot
+
+    def user(self, name: str, email: str) -> dict[str, str]:
+        r = self.c.post("/api/v1/users", json={"name": name, "email": email})
+        assert r.status_code == 201, r.text
+        out: dict[str, str] = r.json()
+        return out
+
+    def pair(self, mu: MailUser, *, as_user: str | None = None, visibility: str | None = None) -> str:
+        body: dict[str, Any] = {
+            "email": mu.email,
+            "username": mu.email,
+            "password": mu.password,
+            "imap_host": mu.host,
+            "imap_port": mu.port,
+            "security": "none",
+        }
+        if visibility:
+            body["visibility"] = visibility
+        headers = {"X-Inboxlink-User": as_user} if as_user else {}
+        r = self.c.post("/api/v1/accounts", json=body, headers=headers)
+        assert r.status_code == 201, r.text
+        aid: str = r.json()["id"]
+        return aid
+
+    def sync(self, account: str) -> None:
+        r = self.c.post(f"/api/v1/accounts/{account}/sync")
+        assert r.json()["status"] == "connected", r.text
+
+    def record(self, kind: str, **body: Any) -> str:
+        r = self.c.post(f"/api/v1/records/{kind}", json=body)
+        assert r.status_code == 201, r.text
+        rid: str = r.json()["id"]
+        return rid
+
+    def timeline(self, kind: str, rid: str, *, as_token: str | None = None) -> list[dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {as_token}"} if as_token else {}
+        r = self.c.get(f"/api/v1/records/{kind}/{rid}/timeline", headers=headers)
+        assert r.status_code == 200, r.text
+        entries: list[dict[str, Any]] = r.json()["entries"]
+        return entries
+
+
+@pytest.fixture
+def team(client: TestClient, dovecot: Dovecot) -> Team:
+    return Team(client, dovecot)
+
+
+def by_mid(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {e["message_id"]: e for e in entries}
+
+
+def test_participant_domain_and_token_rules_explain_themselves(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    me = mail_user.email
+    jane = team.record("person", name="Jane Roe", emails=["jane@acme.example", "j.roe@home.example"])
+    acme = team.record("company", name="Acme", domains=["acme.example"])
+    gmail_co = team.record("company", name="Google itself", domains=["gmail.com"])
+    deal = team.record("deal", name="Renewal", token="T-1042")
+    raw1, m1 = mail("Jane Roe <jane@acme.example>", me, "Pricing")
+    raw2, m2 = mail("bob@acme.example", me, "Intro", cc="j.roe@home.example")
+    raw3, m3 = mail("someone@gmail.com", me, "Re: [T-1042] contract")
+    raw4, m4 = mail("x@other.example", me, "no subject token", body="About ticket t-1042, see attached.\n")
+    raw5, m5 = mail("stranger@nowhere.example", me, "unrelated")
+    for raw in (raw1, raw2, raw3, raw4, raw5):
+        dovecot.deliver_lmtp(me, raw)
+    account = team.pair(mail_user)
+    team.sync(account)
+
+    jt = by_mid(team.timeline("person", jane))
+    assert set(jt) == {m1, m2}
+    assert jt[m1]["rule"] == "participant" and jt[m1]["evidence"] == "jane@acme.example is the sender"
+    assert jt[m2]["evidence"] == "j.roe@home.example is in Cc"
+
+    at = by_mid(team.timeline("company", acme))
+    assert set(at) == {m1, m2}  # the domain rule; m1 also through Jane? she has no company: domain only
+    assert at[m2]["rule"] == "domain" and "bob@acme.example is at acme.example" in at[m2]["evidence"]
+    assert team.timeline("company", gmail_co) == []  # a free-mail domain never links to a company
+
+    dt = by_mid(team.timeline("deal", deal))
+    assert set(dt) == {m3, m4}
+    assert dt[m3]["rule"] == "token" and dt[m3]["evidence"] == "[T-1042] in the subject"
+    assert dt[m4]["evidence"] == "t-1042 in the body"
+    # newest first
+    dates = [e["date"] for e in team.timeline("deal", deal)]
+    assert dates == sorted(dates, reverse=True)
+    assert m5 not in {e["message_id"] for kind, rid in (("person", jane), ("company", acme), ("deal", deal))
+                      for e in team.timeline(kind, rid)}  # fmt: skip
+
+
+def test_records_added_later_relink_past_mail_and_changes_unlink(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    me = mail_user.email
+    raw1, m1 = mail("ann@client.example", me, "first")
+    raw2, m2 = mail("ann.other@client.example", me, "second")
+    dovecot.deliver_lmtp(me, raw1)
+    dovecot.deliver_lmtp(me, raw2)
+    team.sync(team.pair(mail_user))
+    ann = team.record("person", name="Ann", emails=["ann@client.example"])
+    assert set(by_mid(team.timeline("person", ann))) == {m1}  # her history appears at once
+    team.c.patch(f"/api/v1/records/person/{ann}", json={"emails": ["ann.other@client.example"]})
+    assert set(by_mid(team.timeline("person", ann))) == {m2}  # and follows her addresses
+    co = team.record("company", name="Client", domains=["client.example"])
+    assert set(by_mid(team.timeline("company", co))) == {m1, m2}
+    team.c.delete(f"/api/v1/records/company/{co}")
+    assert team.c.get(f"/api/v1/records/company/{co}/timeline").status_code == 404
+
+
+def test_replies_inherit_the_thread_links_in_either_order(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    me = mail_user.email
+    deal = team.record("deal", name="Big one", token="D-7")
+    root, root_id = mail("buyer@corp.example", me, "[D-7] order")
+    reply, reply_id = mail(me, "buyer@corp.example", "Re: order", reply_to_msgid=root_id)
+    # the reply to a reply, stored BEFORE its parent: linking must pass links down later
+    late_child, late_child_id = mail("buyer@corp.example", me, "Re: Re: order", msgid="late@x.example",
+                                     reply_to_msgid=reply_id)  # fmt: skip
+    dovecot.deliver_lmtp(me, late_child)
+    account = team.pair(mail_user)
+    team.sync(account)
+    dovecot.deliver_lmtp(me, root)
+    dovecot.write_messages(me, "Sent", [reply])
+    team.sync(account)
+    dt = by_mid(team.timeline("deal", deal))
+    assert set(dt) == {root_id, reply_id, late_child_id}
+    assert dt[root_id]["rule"] == "token"
+    assert dt[reply_id]["rule"] == "thread" and f"<{root_id}>" in dt[reply_id]["evidence"]
+    assert dt[late_child_id]["rule"] == "thread" and f"<{reply_id}>" in dt[late_child_id]["evidence"]
+
+
+def test_several_open_deals_go_to_review_not_a_guess(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    me = mail_user.email
+    pat = team.record("person", name="Pat", emails=["pat@shop.example"])
+    only = team.record("person", name="Lee", emails=["lee@shop.example"])
+    d1 = team.record("deal", name="One", token="S-1", person_id=pat)
+    d2 = team.record("deal", name="Two", token="S-2", person_id=pat)
+    d3 = team.record("deal", name="Lee's", token="S-3", person_id=only)
+    raw1, m1 = mail("pat@shop.example", me, "question")
+    raw2, m2 = mail("lee@shop.example", me, "hello")
+    raw3, m3 = mail("pat@shop.example", me, "about S-2")
+    for raw in (raw1, raw2, raw3):
+        dovecot.deliver_lmtp(me, raw)
+    team.sync(team.pair(mail_user))
+    lee_deal = by_mid(team.timeline("deal", d3))
+    assert lee_deal[m2]["rule"] == "deal_contact" and lee_deal[m2]["evidence"] == "the only open deal of Lee"
+    assert m1 not in by_mid(team.timeline("deal", d1)) and m1 not in by_mid(team.timeline("deal", d2))
+    assert by_mid(team.timeline("deal", d2))[m3]["rule"] == "token"  # a token settles it: no question
+    queue = team.c.get("/api/v1/review").json()
+    assert (
+        len(queue) == 1 and queue[0]["kind"] == "deal" and sorted(queue[0]["candidates"]) == sorted([d1, d2])
+    )
+    assert "Pat has 2 open deals" in queue[0]["reason"]
+    wrong = team.c.post(f"/api/v1/review/{queue[0]['id']}", json={"record_id": d3})
+    assert wrong.status_code == 422
+    ok = team.c.post(f"/api/v1/review/{queue[0]['id']}", json={"record_id": d1})
+    assert ok.json()["status"] == "resolved"
+    assert by_mid(team.timeline("deal", d1))[m1]["rule"] == "manual"
+    assert team.c.get("/api/v1/review").json() == []
+    # closing the other deals makes the choice unambiguous for new mail; the manual link stays
+    team.c.patch(f"/api/v1/records/deal/{d2}", json={"status": "closed"})
+    assert by_mid(team.timeline("deal", d1))[m1]["rule"] == "manual"
+
+
+def test_blocklist_internal_mail_and_settings(team: Team, dovecot: Dovecot, mail_user: MailUser) -> None:
+    me = mail_user.email
+    colleague = team.user("Colleague", "boss@inboxlink.test")
+    assert colleague["token"]
+    eve = team.record("person", name="Eve", emails=["eve@spy.example"])
+    co = team.record("company", name="Spy", domains=["spy.example"])
+    internal = team.record("company", name="Us", domains=["inboxlink.test"])
+    raw1, m1 = mail("eve@spy.example", me, "hi")
+    raw2, _m2 = mail("boss@inboxlink.test", me, "lunch?")
+    raw3, m3 = mail("boss@inboxlink.test", me, "fwd", cc="eve@spy.example")
+    for raw in (raw1, raw2, raw3):
+        dovecot.deliver_lmtp(me, raw)
+    account = team.pair(mail_user)
+    team.sync(account)
+    assert set(by_mid(team.timeline("person", eve))) == {m1, m3}
+    assert team.timeline("company", internal) == []  # the team's own domain links to no company
+    blocked = team.c.post("/api/v1/blocklist", json={"value": "spy.example"})
+    assert blocked.status_code == 201 and blocked.json()["links_removed"] >= 3
+    assert team.timeline("person", eve) == [] and team.timeline("company", co) == []
+    raw4, _m4 = mail("eve@spy.example", me, "again")
+    dovecot.deliver_lmtp(me, raw4)
+    team.sync(account)
+    assert team.timeline("person", eve) == []  # new mail is blocked too
+    assert team.c.delete("/api/v1/blocklist/spy.example").status_code == 204
+    assert len(team.timeline("person", eve)) == 3
+    team.c.patch("/api/v1/settings/linking", json={"auto_link": ["company", "deal"]})
+    team.c.patch(f"/api/v1/records/person/{eve}", json={"name": "Eve S."})  # re-link with the new settings
+    assert team.timeline("person", eve) == []
+    assert len(team.timeline("company", co)) == 3
+
+
+def test_auto_create_contacts_skips_automated_mail(team: Team, dovecot: Dovecot, mail_user: MailUser) -> None:
+    me = mail_user.email
+    team.c.patch("/api/v1/settings/linking", json={"auto_create": "sent"})
+    account = team.pair(mail_user)
+    sent, _ = mail(me, "New Client <new@client.example>", "proposal")
+    received, _ = mail("stranger@else.example", me, "hello")
+    dovecot.write_messages(me, "Sent", [sent])
+    dovecot.deliver_lmtp(me, received)
+    team.sync(account)
+    people = team.c.get("/api/v1/records/person").json()
+    assert [(p["name"], p["emails"], p["origin"]) for p in people] == [
+        ("New Client", ["new@client.example"], "auto")
+    ]
+    tl = team.timeline("person", people[0]["id"])
+    assert tl[0]["rule"] == "participant" and "person created from this mail" in tl[0]["evidence"]
+
+    team.c.patch("/api/v1/settings/linking", json={"auto_create": "sent_and_received"})
+    for raw in (
+        mail("news@list.example", me, "weekly", headers={"List-Id": "<weekly.list.example>"})[0],
+        mail("noreply@shop.example", me, "your order")[0],
+        mail("robot@auto.example", me, "out of office", headers={"Auto-Submitted": "auto-replied"})[0],
+        mail("Real Person <real@person.example>", me, "question")[0],
+    ):
+        dovecot.deliver_lmtp(me, raw)
+    team.sync(account)
+    emails = {e for p in team.c.get("/api/v1/records/person").json() for e in p["emails"]}
+    assert emails == {"new@client.example", "real@person.example"}
+
+
+def test_visibility_between_users_and_one_entry_per_message(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    alice_box = mail_user
+    bob_box = dovecot.add_user(f"bob.{mail_user.email}", "bob-password-123")
+    alice = team.user("Alice", alice_box.email)
+    bob = team.user("Bob", bob_box.email)
+    carol = team.user("Carol", "carol@inboxlink.test")
+    client_p = team.record("person", name="Client", emails=["client@buyer.example"])
+    shared, shared_id = mail("client@buyer.example", f"{alice_box.email}, {bob_box.email}", "Both of you",
+                             body="The secret price is 42.\n")  # fmt: skip
+    alice_only, alice_only_id = mail(
+        "client@buyer.example", alice_box.email, "Alice only", body="zebra words\n"
+    )
+    private, private_id = mail("friend@else.example", alice_box.email, "Private", body="unlinked secret\n")
+    for raw in (shared, alice_only, private):
+        dovecot.deliver_lmtp(alice_box.email, raw)
+    dovecot.deliver_lmtp(bob_box.email, shared)
+    a_acc = team.pair(alice_box, as_user=alice["id"], visibility="metadata")
+    b_acc = team.pair(bob_box, as_user=bob["id"], visibility="subject")
+    team.sync(a_acc)
+    team.sync(b_acc)
+
+    # the system and the owners see everything; one entry for the message both mailboxes hold
+    system = by_mid(team.timeline("person", client_p))
+    assert set(system) == {shared_id, alice_only_id}
+    as_alice = by_mid(team.timeline("person", client_p, as_token=alice["token"]))
+    assert as_alice[alice_only_id]["subject"] == "Alice only" and as_alice[alice_only_id]["snippet"]
+    assert as_alice[shared_id]["visibility"] == "everything"
+    # Bob sees his own copy fully, Alice's other mail only as metadata (her account's setting)
+    as_bob = by_mid(team.timeline("person", client_p, as_token=bob["token"]))
+    assert as_bob[shared_id]["subject"] == "Both of you" and "42" in as_bob[shared_id]["snippet"]
+    assert as_bob[alice_only_id]["visibility"] == "metadata"
+    assert as_bob[alice_only_id]["subject"] is None and as_bob[alice_only_id]["snippet"] is None
+    # Carol owns nothing: Bob's copy grants her the subject, Alice's only metadata
+    as_carol = by_mid(team.timeline("person", client_p, as_token=carol["token"]))
+    assert as_carol[shared_id]["visibility"] == "subject" and as_carol[shared_id]["snippet"] is None
+    assert as_carol[alice_only_id]["subject"] is None
+
+    def get(path: str, token: str) -> Any:
+        return team.c.get(path, headers={"Authorization": f"Bearer {token}"})
+
+    # message detail and search go through the same door
+    alice_only_row = as_bob[alice_only_id]["id"]
+    detail = get(f"/api/v1/messages/{alice_only_row}", bob["token"]).json()
+    assert detail["subject"] is None and "text" not in detail
+    private_rows = [r["id"] for r in team.c.get("/api/v1/search", params={"q": "unlinked"}).json()["results"]]
+    assert private_rows  # the system finds it
+    assert get(f"/api/v1/messages/{private_rows[0]}", bob["token"]).status_code == 404
+    assert get("/api/v1/search?q=unlinked", bob["token"]).json()["results"] == []
+    assert get("/api/v1/search?q=zebra", bob["token"]).json()["results"] == []  # body: metadata only
+    assert get("/api/v1/search?q=zebra", alice["token"]).json()["results"][0]["message_id"] == alice_only_id
+    assert get("/api/v1/search?q=Both", carol["token"]).json()["results"][0]["subject"] == "Both of you"
+    assert get("/api/v1/search?q=secret", carol["token"]).json()["results"] == []  # Bob's body is not shared
+    # accounts: each user sees only their own
+    assert [a["id"] for a in get("/api/v1/accounts", bob["token"]).json()] == [b_acc]
+    assert get(f"/api/v1/accounts/{a_acc}", bob["token"]).status_code == 404
+    assert get("/api/v1/users", bob["token"]).status_code == 403
+    assert private_id not in {
+        e["message_id"] for e in team.timeline("person", client_p, as_token=bob["token"])
+    }
+
+
+def test_bulk_import_is_idempotent_by_external_id(team: Team) -> None:
+    batch = {
+        "records": [
+            {"type": "company", "name": "Acme", "domains": ["acme.example"], "external_id": "c-1"},
+            {
+                "type": "person",
+                "name": "Jo",
+                "emails": ["jo@acme.example"],
+                "external_id": "p-1",
+                "company_id": "c-1",
+            },
+            {"type": "deal", "name": "Deal", "token": "A-1", "external_id": "d-1", "person_id": "p-1"},
+        ]
+    }
+    first = team.c.post("/api/v1/records:import", json=batch).json()
+    again = team.c.post("/api/v1/records:import", json=batch).json()
+    assert (first["created"], first["updated"]) == (3, 0)
+    assert (again["created"], again["updated"]) == (0, 3) and again["ids"] == first["ids"]
+    person = team.c.get(f"/api/v1/records/person/{first['ids'][1]}").json()
+    assert person["company_id"] == first["ids"][0]
+    deal = team.c.get(f"/api/v1/records/deal/{first['ids'][2]}").json()
+    assert deal["person_id"] == first["ids"][1] and deal["token"] == "A-1"
+    clash = team.c.post("/api/v1/records/deal", json={"name": "x", "token": "a-1"})
+    assert clash.status_code == 409
