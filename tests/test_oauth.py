@@ -589,3 +589,41 @@ def test_the_sqlite_file_never_holds_tokens_in_plaintext_even_after_refresh(
     finally:
         db.close()
     assert token.encode() not in (settings.resolved_home / "inboxlink.db").read_bytes()
+
+
+# -- sync through the Gmail adapter -----------------------------------------------------------------
+
+
+def test_paired_account_syncs_then_a_password_change_means_auth_error_and_re_pairing_resumes(
+    client: TestClient, settings: Settings, sim: GoogleSim
+) -> None:
+    account = pair(client, "read_mail")["account"]
+    synced = client.post(f"/api/v1/accounts/{account['id']}/sync").json()
+    assert (synced["status"], synced["messages"]) == ("connected", 3), synced
+
+    sim.change_password(ALICE)  # Google revokes the refresh tokens (Gmail scopes granted) ...
+    sim.expire_access_tokens(ALICE)  # ... and the access token runs out: the next sync must refresh
+    failed = client.post(f"/api/v1/accounts/{account['id']}/sync").json()
+    assert failed["status"] == "auth_error", failed
+    shown = client.get(f"/api/v1/accounts/{account['id']}").json()
+    assert "invalid_grant" in shown["status_reason"] and "pair the account again" in shown["status_reason"]
+    assert shown["message_count"] == 3  # data kept
+
+    location, q = start(client, account_id=account["id"])
+    assert q["scope"].split()[3:] == [AUTH + "gmail.readonly"]  # the grant is gone: ask for all again
+    assert callback(client, consent(location, user=ALICE)).status_code == 200
+    sim.deliver(ALICE, subject="after the re-pair")
+    resumed = client.post(f"/api/v1/accounts/{account['id']}/sync").json()
+    assert (resumed["status"], resumed["messages"], resumed["fetched"]) == ("connected", 4, 1), resumed
+
+
+def test_revoked_grant_means_auth_error_even_with_an_unexpired_access_token(
+    client: TestClient, sim: GoogleSim
+) -> None:
+    account = pair(client, "read_mail")["account"]
+    assert client.post(f"/api/v1/accounts/{account['id']}/sync").json()["status"] == "connected"
+    with sim.state.lock:
+        refresh = next(t.token for t in sim.state.refresh_tokens.values() if t.user == ALICE)
+    assert httpx.post(f"{sim.base_url}/revoke", data={"token": refresh}).status_code == 200
+    failed = client.post(f"/api/v1/accounts/{account['id']}/sync").json()  # 401 -> refresh -> invalid_grant
+    assert failed["status"] == "auth_error", failed

@@ -272,7 +272,7 @@ class AccountService:
         self, existing: AccountView | None, grant: Grant, tokens: TokenSet, features: list[str]
     ) -> tuple[AccountView, bool]:
         cat = catalog()
-        config = {"features": features, "google_sub": grant.identity.sub}
+        config = {"email": grant.identity.email, "features": features, "google_sub": grant.identity.sub}
         capabilities = {
             "scopes": sorted(cat.normalize("google", tokens.scopes)),
             "can_send": cat.works("google", "send_mail", tokens.scopes),

@@ -72,6 +72,14 @@ def _fail(exc: InboxlinkError) -> None:
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8025,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="run against a simulated Google with a demo mailbox (no Google account needed), "
+            "in a throwaway data directory, and print the URL that starts pairing it",
+        ),
+    ] = False,
 ) -> None:
     """Run the API and keep every paired account in sync (embedded mode: one process)."""
     import uvicorn
@@ -81,11 +89,69 @@ def serve(
 
     settings = get_settings()
     configure_logging(settings.log_level)
+    if demo:
+        settings = _demo_settings(settings, host, port)
     try:
         application = create_app(settings, background_sync=True)
     except InboxlinkError as exc:
         _fail(exc)
     uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
+
+
+DEMO_USER = "dana@inboxlink.test"
+
+
+def _demo_settings(settings: Any, host: str, port: int) -> Any:
+    """`serve --demo`: the Google simulator in this process (a demo mailbox, an OAuth client
+    registered in it), a throwaway data directory, and the Google settings pointed at both; prints
+    where to start. Stopped and removed when the process exits."""
+    import atexit
+    import secrets
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from pydantic import SecretStr
+
+    from inboxlink_sim.google import GoogleSim
+
+    client_secret = secrets.token_urlsafe(24)
+    sim = GoogleSim(client_id="inboxlink-demo.apps.googleusercontent.com", client_secret=client_secret)
+    sim.start()
+    atexit.register(sim.stop)
+    sim.add_user(DEMO_USER, "Dana Demo", messages=40, seed=7)
+    sim.add_user("sam@inboxlink.test", "Sam Sample", messages=5, seed=8)
+    home = Path(tempfile.mkdtemp(prefix="inboxlink-demo-"))
+    atexit.register(shutil.rmtree, home, True)
+    browser_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    public_url = f"http://{browser_host}:{port}"
+    demo = settings.model_copy(
+        update={
+            "home": home,
+            "database_url": None,
+            "secret_key": None,
+            "api_token": None,  # the browser opens /oauth/google/start itself
+            "public_url": public_url,
+            "google_client_id": sim.client_id,
+            "google_client_secret": SecretStr(client_secret),
+            "google_discovery_url": sim.base_url + "/.well-known/openid-configuration",
+            "google_api_base": sim.base_url,
+        }
+    )
+    out.print(
+        f"inboxlink demo: a simulated Google at {sim.base_url} with the mailbox {DEMO_USER} "
+        f"(no Google account needed); data in {home} (removed on exit)\n"
+        f"  1. open {public_url}/oauth/google/start?features=read_mail,send_mail\n"
+        f"  2. on the simulated consent page, keep Dana Demo and press Allow\n"
+        f"  3. the account is paired and syncs; look at it with\n"
+        f"     INBOXLINK_HOME={home} inboxlink accounts\n"
+        f"     or {public_url}/api/v1/accounts (and /api/v1/accounts/ID/permissions)",
+        markup=False,
+        soft_wrap=True,
+        highlight=False,
+    )
+    sys.stdout.flush()
+    return demo
 
 
 # -- pair ----------------------------------------------------------------------------------------
