@@ -456,6 +456,23 @@ def test_endpoint_gets_only_events_emitted_after_it_existed(
         early.server.server_close()
 
 
+def test_done_events_are_pruned_after_the_retention(
+    rt: Runtime, service: WebhookService, receiver: Receiver
+) -> None:
+    endpoint = subscribe(service, receiver)
+    account = make_account(rt)
+    change_status(rt, account, AccountStatus.SYNCING, "sync started")
+    d = deliverer(rt)
+    assert d.deliver_due().succeeded == 1
+    receiver.statuses = [500]
+    change_status(rt, account, AccountStatus.CONNECTED, "Connected")
+    assert d.deliver_due().retrying == 1
+    assert d.prune() == 0  # both are recent
+    assert d.prune(now=datetime.now(UTC) + timedelta(days=31)) == 1  # the pending one stays
+    [left] = service.deliveries(endpoint)
+    assert left.status == "pending" and count(rt, event_outbox) == 1
+
+
 def test_verify_signature() -> None:
     body = b'{"id":"evt_1"}'
     ts = "1700000000"

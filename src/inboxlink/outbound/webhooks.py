@@ -32,6 +32,8 @@ Retries. Attempt n+1 comes `backoff_seconds(n)` after attempt n fails: 30 s × 4
 ±20 % jitter — 30 s, 2 min, 8 min, 32 min, 2.1 h, 8.5 h, 12 h: eight attempts over about a day.
 2xx is success; 410 Gone disables the endpoint (its pending deliveries wait until it is enabled
 again); anything else (other statuses, redirects, timeouts, refused connections) is retried.
+Events whose deliveries are all done are deleted after `RETENTION_DAYS` (`Deliverer.prune`, run
+hourly by `WebhookLoop`).
 
 Where requests go. Endpoint URLs are user input: they pass `auth.netguard` when saved and again
 before every attempt, and the socket is opened to the addresses that were checked (a second DNS
@@ -87,6 +89,8 @@ BACKOFF_JITTER = 0.2
 REQUEST_TIMEOUT_SECONDS = 10.0
 LEASE_SECONDS = 120  # > a request's worst case (connect + send + read timeouts)
 MAX_URL_LENGTH = 2048
+RETENTION_DAYS = 30  # events (and their deliveries) kept after they are done
+PRUNE_EVERY_SECONDS = 3600.0
 
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
 
@@ -465,8 +469,11 @@ class Deliverer:
 
     # -- dispatch
     def dispatch(self, at: datetime, *, limit: int = 500) -> int:
-        """Fan undispatched events out into deliveries; how many events were dispatched."""
-        with self.db.engine.begin() as conn:
+        """Fan undispatched events out into deliveries; how many events were dispatched.
+
+        Reads first, then writes in a transaction that starts with a write: on SQLite a read
+        transaction upgraded to a write fails at once when another process wrote in between."""
+        with self.db.engine.connect() as conn:
             pending = conn.execute(
                 select(event_outbox.c.id, event_outbox.c.type, event_outbox.c.created_at)
                 .where(event_outbox.c.dispatched_at.is_(None))
@@ -480,27 +487,48 @@ class Deliverer:
                     webhook_endpoints.c.id, webhook_endpoints.c.event_types, webhook_endpoints.c.created_at
                 ).where(webhook_endpoints.c.enabled.is_(True))
             ).all()
-            rows = [
-                {
-                    "event_id": ev.id,
-                    "endpoint_id": ep.id,
-                    "status": PENDING,
-                    "attempts": 0,
-                    "next_attempt_at": at,
-                    "created_at": at,
-                }
-                for ev in pending
-                for ep in endpoints
-                if _wants(ep.event_types, ev.type) and _aware(ep.created_at) <= _aware(ev.created_at)
-            ]
-            if rows:
-                conn.execute(_insert_ignoring_duplicates(conn), rows)
+        rows = [
+            {
+                "event_id": ev.id,
+                "endpoint_id": ep.id,
+                "status": PENDING,
+                "attempts": 0,
+                "next_attempt_at": at,
+                "created_at": at,
+            }
+            for ev in pending
+            for ep in endpoints
+            if _wants(ep.event_types, ev.type) and _aware(ep.created_at) <= _aware(ev.created_at)
+        ]
+        with self.db.engine.begin() as conn:
             conn.execute(
                 update(event_outbox)
                 .where(event_outbox.c.id.in_([ev.id for ev in pending]))
                 .values(dispatched_at=at)
             )
+            if rows:  # a concurrent dispatcher may have inserted some: those are skipped
+                conn.execute(_insert_ignoring_duplicates(conn), rows)
         return len(pending)
+
+    def prune(
+        self, *, older_than: timedelta = timedelta(days=RETENTION_DAYS), now: datetime | None = None
+    ) -> int:
+        """Delete events older than `older_than` with no delivery still pending (their deliveries
+        go with them); how many events were deleted."""
+        cutoff = (now or _now()) - older_than
+        d = webhook_deliveries
+        still_pending = (
+            select(d.c.id).where(d.c.event_id == event_outbox.c.id, d.c.status == PENDING).exists()
+        )
+        with self.db.engine.begin() as conn:
+            gone = conn.execute(
+                delete(event_outbox).where(
+                    event_outbox.c.dispatched_at.is_not(None),
+                    event_outbox.c.created_at < cutoff,
+                    ~still_pending,
+                )
+            )
+        return int(gone.rowcount)
 
     # -- claim
     def _claim(self, at: datetime, only: Sequence[int] | None) -> list[_Claimed]:
@@ -528,22 +556,26 @@ class Deliverer:
             "lease_until": at + timedelta(seconds=LEASE_SECONDS),
             "attempts": d.c.attempts + 1,
         }
+        with self.db.engine.connect() as conn:
+            candidates = conn.execute(query).all()
+        claimable = []
+        for row in candidates:
+            if row.lease_until is None or _aware(row.lease_until) < at:
+                claimable.append((row.id, d.c.lease_until.is_(None) | (d.c.lease_until < at)))
+            elif row.lease_owner and _holder_is_dead(row.lease_owner):
+                claimable.append((row.id, d.c.lease_owner == row.lease_owner))
+            # else another live process is sending it right now
+        if not claimable:
+            return []
         ids: list[int] = []
+        # compare-and-set: of two processes claiming one row, the second updates nothing
         with self.db.engine.begin() as conn:
-            for row in conn.execute(query).all():
-                if len(ids) >= self.options.batch:
-                    break
-                if row.lease_until is None or _aware(row.lease_until) < at:
-                    free = d.c.lease_until.is_(None) | (d.c.lease_until < at)
-                elif row.lease_owner and _holder_is_dead(row.lease_owner):
-                    free = d.c.lease_owner == row.lease_owner
-                else:
-                    continue  # another live process is sending it right now
+            for delivery_id, free in claimable[: self.options.batch]:
                 won = conn.execute(
-                    update(d).where(d.c.id == row.id, d.c.status == PENDING, free).values(claim)
+                    update(d).where(d.c.id == delivery_id, d.c.status == PENDING, free).values(claim)
                 ).rowcount
                 if won == 1:
-                    ids.append(int(row.id))
+                    ids.append(int(delivery_id))
             if not ids:
                 return []
             rows = conn.execute(
@@ -773,12 +805,16 @@ class WebhookLoop:
             self._unsubscribe()
 
     def _loop(self) -> None:
+        next_prune = time.monotonic()
         while not self._stop.is_set():
             self._wake.clear()
             busy = False
             try:
                 report = self.deliverer.deliver_due()
                 busy = report.attempted >= self.deliverer.options.batch
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+                    self.deliverer.prune()
             except Exception:
                 log.exception("webhook delivery pass failed")
             if not busy:
