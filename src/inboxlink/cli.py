@@ -108,6 +108,7 @@ def _demo_settings(settings: Any, host: str, port: int) -> Any:
     import atexit
     import secrets
     import shutil
+    import signal
     import tempfile
     from pathlib import Path
 
@@ -123,6 +124,9 @@ def _demo_settings(settings: Any, host: str, port: int) -> Any:
     sim.add_user("sam@inboxlink.test", "Sam Sample", messages=5, seed=8)
     home = Path(tempfile.mkdtemp(prefix="inboxlink-demo-"))
     atexit.register(shutil.rmtree, home, True)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; the default action would kill the
+    # process before the atexit cleanups run, so the demo turns it into a normal exit.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     browser_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     public_url = f"http://{browser_host}:{port}"
     demo = settings.model_copy(
