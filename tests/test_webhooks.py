@@ -528,6 +528,14 @@ def test_api(rt: Runtime, receiver: Receiver) -> None:
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
         assert c.delete(f"{base}/{hook}").status_code == 404
         assert count(rt, webhook_deliveries) == 0
+        # a user's own token may not manage webhooks: they would see every account's events
+        user = c.post("/api/v1/users", json={"name": "Bob", "email": "bob@example.com"}).json()
+        as_user = {"Authorization": f"Bearer {user['token']}"}
+        for method, path in [("get", base), ("post", base), ("post", f"{base}/{hook}/test")]:
+            denied = c.request(
+                method, path, headers=as_user, json={"url": receiver.url, "event_types": ["*"]}
+            )
+            assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
         paths = set(c.get("/openapi.json").json()["paths"])
         assert {base, f"{base}/{{endpoint_id}}", f"{base}/{{endpoint_id}}/deliveries"} <= paths
 

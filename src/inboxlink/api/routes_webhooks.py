@@ -1,6 +1,6 @@
 """/api/v1/webhooks: endpoints (the secret is shown once, on creation), their deliveries, a test
 event. Signing, retries and the payloads are described in `inboxlink.outbound.webhooks` and
-`inboxlink.outbound.events`."""
+`inboxlink.outbound.events`. Operator only: an endpoint receives the events of every account."""
 
 from __future__ import annotations
 
@@ -10,10 +10,19 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from inboxlink.errors import Forbidden
 from inboxlink.outbound.webhooks import DeliveryView, EndpointView, WebhookService
 from inboxlink.runtime import Runtime
 
-router = APIRouter(tags=["webhooks"])
+
+def operator_only(request: Request) -> None:
+    """After the app's token check: users' own tokens may not see or change webhooks."""
+    viewer = getattr(request.state, "viewer", None)
+    if viewer is None or not viewer.is_system:
+        raise Forbidden("webhooks need the operator's token: they receive every account's events")
+
+
+router = APIRouter(tags=["webhooks"], dependencies=[Depends(operator_only)])
 
 
 def get_webhooks(request: Request) -> WebhookService:
