@@ -166,6 +166,8 @@ class GoogleOAuth:
         self._endpoints: tuple[float, Endpoints] | None = None
         self._jwks: KeySet | None = None
         self._seen: dict[str, float] = {}  # flow id -> expiry: single-use states
+        if settings.google_client_secret is not None:
+            register_secret(settings.google_client_secret.get_secret_value())
 
     # -- configuration ---------------------------------------------------------------------------
     @property
