@@ -86,7 +86,8 @@ class AccountService:
         self.db = db
         self.settings = settings
         self.box = box
-        self._google: GoogleOAuth | None = None
+        # one per process, built eagerly (no I/O): it holds the single-use record of OAuth states
+        self.google = GoogleOAuth(settings, box)
 
     # -- providers for the engine ----------------------------------------------------------------
     def open_provider(self, account_id: str) -> MailProvider:
@@ -194,13 +195,6 @@ class AccountService:
         return self.get(row.id) if row else None
 
     # -- Google (OAuth) pairing ------------------------------------------------------------------
-    @property
-    def google(self) -> GoogleOAuth:
-        """The process's Google OAuth client (discovery and keys cached, single-use states)."""
-        if self._google is None:
-            self._google = GoogleOAuth(self.settings, self.box)
-        return self._google
-
     def google_authorization_url(
         self, features: str | Sequence[str] | None = None, *, account_id: str | None = None
     ) -> str:
