@@ -116,6 +116,12 @@ def stored_secret(settings: Settings, account_id: str) -> dict[str, Any]:
         rt.close()
 
 
+def database_bytes(settings: Settings) -> bytes:
+    """The SQLite file and its write-ahead log: a row may still be only in the latter."""
+    home = settings.resolved_home
+    return b"".join(p.read_bytes() for p in (home / "inboxlink.db", home / "inboxlink.db-wal") if p.exists())
+
+
 # -- start ------------------------------------------------------------------------------------------
 
 
@@ -204,7 +210,8 @@ def test_pairing_creates_a_pending_gmail_account_with_encrypted_tokens(
     with sim.state.lock:  # the simulator knows these tokens as alice's
         assert sim.state.access_tokens[secret["access_token"]].user == ALICE
         assert sim.state.refresh_tokens[secret["refresh_token"]].user == ALICE
-    database = (settings.resolved_home / "inboxlink.db").read_bytes()
+    database = database_bytes(settings)
+    assert account["id"].encode() in database  # the row is there to be searched
     for plain in (secret["access_token"], secret["refresh_token"]):
         assert plain.encode() not in database
     assert secret["access_token"] not in json.dumps(client.get("/api/v1/accounts").json())
@@ -588,7 +595,8 @@ def test_the_sqlite_file_never_holds_tokens_in_plaintext_even_after_refresh(
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         db.close()
-    assert token.encode() not in (settings.resolved_home / "inboxlink.db").read_bytes()
+    database = database_bytes(settings)
+    assert account["id"].encode() in database and token.encode() not in database
 
 
 # -- sync through the Gmail adapter -----------------------------------------------------------------
