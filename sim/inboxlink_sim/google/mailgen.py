@@ -255,7 +255,9 @@ def _personal(
     if shape < 0.25:
         msg.set_content(text)
     elif shape < 0.35:
-        msg.set_content(text, charset="iso-8859-1", cte="quoted-printable")
+        # a legacy charset where the text fits it (a CJK name in the greeting does not)
+        latin1 = all(ord(c) < 256 for c in text)
+        msg.set_content(text, charset="iso-8859-1" if latin1 else "utf-8", cte="quoted-printable")
     elif shape < 0.6:
         msg.set_content(text, cte="quoted-printable")
         msg.add_alternative(_html(text), subtype="html")

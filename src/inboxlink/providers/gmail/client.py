@@ -143,12 +143,23 @@ class GmailClient:
         self.max_wait = max_wait  # a Retry-After longer than this is the engine's to wait out
         self.budget = budget or QuotaBudget()
         self._sleep = sleep
-        self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
+        self._timeout = timeout
+        self._transport = transport
+        self._http: httpx.Client | None = None  # opened on first use, again after close()
         self._host = urllib.parse.urlsplit(self.base_url).netloc or self.base_url
         self.calls = 0  # HTTP requests sent (a batch counts once), for measurements and tests
 
     def close(self) -> None:
-        self._http.close()
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def _session(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(
+                timeout=self._timeout, transport=self._transport, follow_redirects=False
+            )
+        return self._http
 
     # -- public -----------------------------------------------------------------------------------
     def call(self, call: Call) -> Any:
@@ -250,7 +261,7 @@ class GmailClient:
             headers["Content-Type"] = content_type
         self.calls += 1
         try:
-            resp = self._http.request(method, url, params=tuple(params), content=body, headers=headers)
+            resp = self._session().request(method, url, params=tuple(params), content=body, headers=headers)
         except httpx.TimeoutException as exc:
             raise TransientError(f"Gmail API at {self._host} timed out during {what}") from exc
         except httpx.TransportError as exc:

@@ -520,17 +520,21 @@ class _NetChanges:
                 self.final[str(msg["id"])] = frozenset()
                 continue
             self._note(msg, set(msg["labelIds"]), None)
-        for key, sign in (("labelsAdded", 1), ("labelsRemoved", -1)):
+        # One record may add and remove labels of the same message (trash: +TRASH -INBOX); its
+        # labels before the record are those after it, less the added, plus the removed.
+        changed: dict[str, tuple[dict[str, Any], set[str], set[str]]] = {}
+        for key in ("labelsAdded", "labelsRemoved"):
             for item in record.get(key) or ():
                 msg = item["message"]
-                changed = set(item.get("labelIds") or ())
-                if "labelIds" not in msg:
-                    self.no_labels.add(str(msg["id"]))
-                    self.final[str(msg["id"])] = frozenset()
-                    continue
-                after = set(msg["labelIds"])
-                before = (after - changed) if sign > 0 else (after | changed)
-                self._note(msg, after, before)
+                entry = changed.setdefault(str(msg["id"]), (msg, set(), set()))
+                (entry[1] if key == "labelsAdded" else entry[2]).update(item.get("labelIds") or ())
+        for mid, (msg, added, removed) in changed.items():
+            if "labelIds" not in msg:
+                self.no_labels.add(mid)
+                self.final[mid] = frozenset()
+                continue
+            after = set(msg["labelIds"])
+            self._note(msg, after, (after - added) | removed)
         for item in record.get("messagesDeleted") or ():
             msg = item["message"]
             mid = str(msg["id"])
