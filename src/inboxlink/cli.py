@@ -1,7 +1,8 @@
 """The command line: decode arguments, call the services, print. Nothing else lives here.
 
 The commands and their JSON outputs are a stable contract (acceptance checks use them):
-`serve`, `pair imap`, `sync ACCOUNT --once`, `accounts`, `account ACCOUNT`, `unpair ACCOUNT`.
+`serve`, `watch`, `pair imap`, `sync ACCOUNT --once`, `accounts`, `account ACCOUNT`, `unpair ACCOUNT`,
+and from `cli_crm`: `records add`, `timeline TYPE ID`, `send ACCOUNT`.
 Errors are one line on stderr ("error: <what went wrong>") and a non-zero exit.
 """
 
@@ -342,6 +343,9 @@ def unpair(
 
 
 def main() -> None:
+    from inboxlink.cli_crm import register
+
+    register(app)
     app()
 
 

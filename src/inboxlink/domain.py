@@ -189,6 +189,9 @@ class OutgoingMessage:
     recipients: tuple[str, ...]
     message_id: str  # without <>
     thread_hint: str | None = None
+    # Called by the provider right before the step that cannot be taken back (SMTP DATA, the API
+    # call that sends), so the outbox can record that a crash from here on may have sent the mail.
+    on_commit: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -200,3 +203,4 @@ class SentMessage:
     thread_id: str | None = None
     folder: str | None = None  # where the copy lies (IMAP Sent, Gmail SENT/DRAFT)
     remote_key: str | None = None
+    note: str | None = None  # sent, but something short of perfect (e.g. the copy to Sent failed)

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from inboxlink.accounts import AccountService
 from inboxlink.auth.secrets import RedactingFilter, SecretBox, load_secret_box
 from inboxlink.config import Settings, get_settings
 from inboxlink.crm import linking
 from inboxlink.crm.records import RecordService
+from inboxlink.outbound.outbox import OutboxService
 from inboxlink.store.db import Database, open_database
 from inboxlink.sync.engine import SyncEngine
+
+if TYPE_CHECKING:
+    from inboxlink.tasks import TaskQueue
 
 
 @dataclass
@@ -26,6 +31,17 @@ class Runtime:
     accounts: AccountService
     engine: SyncEngine
     records: RecordService
+    outbox: OutboxService
+    _queue: TaskQueue | None = None
+
+    @property
+    def queue(self) -> TaskQueue:
+        """The task queue, opened on first use (importing Huey costs ~0.3 s per command)."""
+        if self._queue is None:
+            from inboxlink.tasks import TaskQueue
+
+            self._queue = TaskQueue(self.settings, lambda: self.outbox)
+        return self._queue
 
     @classmethod
     def open(cls, settings: Settings | None = None) -> Runtime:
@@ -35,9 +51,17 @@ class Runtime:
         accounts = AccountService(db, settings, box)
         engine = SyncEngine(db, accounts.open_provider, prepare_workers=settings.prepare_workers)
         linking.OPERATOR_HOME = settings.resolved_home
-        return cls(
-            settings=settings, db=db, box=box, accounts=accounts, engine=engine, records=RecordService(db)
+        rt = cls(
+            settings=settings,
+            db=db,
+            box=box,
+            accounts=accounts,
+            engine=engine,
+            records=RecordService(db),
+            outbox=OutboxService(db, accounts.open_provider),
         )
+        rt.outbox.on_queued = lambda oid, when: rt.queue.enqueue_send(oid, when)
+        return rt
 
     def close(self) -> None:
         self.engine.close()

@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from inboxlink.api import routes_accounts, routes_crm, routes_oauth, routes_webhooks
+from inboxlink.api import routes_accounts, routes_crm, routes_oauth, routes_outbox, routes_webhooks
 from inboxlink.config import Settings
 from inboxlink.crm.access import SYSTEM, Viewer, access_user, viewer_for_token
 from inboxlink.errors import InboxlinkError
@@ -40,10 +40,12 @@ def create_app(
         app.state.scheduler = scheduler
         if scheduler:
             scheduler.start()
+            rt.queue.start_consumer()  # the outbox's send-later and the minute sweep (tasks.py)
         try:
             yield
         finally:
             if scheduler:
+                rt.queue.stop_consumer()
                 scheduler.stop()
             if runtime is None:
                 rt.close()
@@ -105,4 +107,5 @@ def create_app(
     app.include_router(routes_oauth.router)  # start checks the API token itself; the state guards callback
     app.include_router(routes_webhooks.router, prefix="/api/v1", dependencies=[Depends(check_token)])
     app.include_router(routes_crm.router, prefix="/api/v1", dependencies=[Depends(check_token)])
+    app.include_router(routes_outbox.router, prefix="/api/v1", dependencies=[Depends(check_token)])
     return app

@@ -12,6 +12,7 @@ Rules, applied to a set of messages (new mail from a sync, or past mail when rec
                  the provider's thread id), both ways: a parent linked later passes its links down
     deal_contact the only open deal of a linked person            "the only open deal of Jane Doe"
     manual       chosen by a user in the review queue (never removed by re-linking)
+    sent         sent from that record through the outbox (never removed by re-linking)
 
 Ambiguity is not guessed: an address two people share, a domain two companies claim, a person with
 several open deals -> a `review_items` row with the candidates; a user picks one (rule manual).
@@ -42,6 +43,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, or_, select, update
 
 from inboxlink.crm import settings as crm_settings
+from inboxlink.outbound import events
 from inboxlink.store.schema import (
     accounts,
     blocklist,
@@ -73,6 +75,8 @@ _NO_REPLY = re.compile(
     re.IGNORECASE,
 )
 _MAX_THREAD_ROUNDS = 8
+# Links a person made (chose in the review queue, sent from a record): re-linking never removes them.
+USER_RULES = ("manual", "sent")
 _IN = 500  # ids per IN (...) list
 
 
@@ -334,7 +338,8 @@ def _may_create(f: MessageFacts, ix: Index, role: str, email: str) -> bool:
 
 
 def _insert_links(conn: Connection, rows: Iterable[tuple[int, str, str, str]]) -> int:
-    """Insert links, keeping any that exist (the first reason found stays); returns how many are new."""
+    """Insert links, keeping any that exist (the first reason found stays); returns how many are
+    new. Each new link is a `message.linked` event when a webhook listens for it."""
     batch = list(rows)
     if not batch:
         return 0
@@ -342,12 +347,55 @@ def _insert_links(conn: Connection, rows: Iterable[tuple[int, str, str, str]]) -
     mark = "?" if sqlite else "%s"
     at = now()
     stamp: Any = at.replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite else at
+    announce = events.is_subscribed(conn, events.MESSAGE_LINKED)
+    before = _existing_links(conn, sorted({m for m, _r, _rule, _ev in batch})) if announce else {}
     result = conn.exec_driver_sql(
         "INSERT INTO links (message_id, record_id, rule, evidence, created_at) "
         f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}) ON CONFLICT (message_id, record_id) DO NOTHING",
         [(m, r, rule, ev, stamp) for m, r, rule, ev in batch],
     )
+    if announce:
+        _announce(conn, [x for x in batch if x[1] not in before.get(x[0], {})])
     return max(int(result.rowcount or 0), 0)
+
+
+def _announce(conn: Connection, new: list[tuple[int, str, str, str]]) -> None:
+    fresh = list({(m, r): (m, r, rule, ev) for m, r, rule, ev in reversed(new)}.values())
+    if not fresh:
+        return
+    ids = sorted({m for m, *_ in fresh})
+    info = {
+        r.id: r
+        for r in conn.execute(
+            select(messages.c.id, messages.c.account_id, messages.c.message_id).where(messages.c.id.in_(ids))
+        )
+    }
+    kinds = dict(
+        conn.execute(
+            select(records.c.id, records.c.type).where(records.c.id.in_(sorted({r for _m, r, *_ in fresh})))
+        )
+        .tuples()
+        .all()
+    )
+    events.emit_many(
+        conn,
+        events.MESSAGE_LINKED,
+        (
+            {
+                "account_id": info[m].account_id,
+                "id": m,
+                "message_id": info[m].message_id,
+                "record": {"type": kinds.get(r), "id": r},
+                "rule": rule,
+                "evidence": evidence,
+            }
+            for m, r, rule, evidence in fresh
+            if m in info
+        ),
+    )
+
+
+insert_links = _insert_links
 
 
 def _existing_links(conn: Connection, message_ids: Sequence[int]) -> dict[int, dict[str, str]]:
@@ -618,7 +666,7 @@ def recompute(conn: Connection, message_ids: Iterable[int]) -> None:
     if not ids:
         return
     for chunk in _chunks(ids):
-        conn.execute(delete(links).where(links.c.message_id.in_(chunk), links.c.rule != "manual"))
+        conn.execute(delete(links).where(links.c.message_id.in_(chunk), links.c.rule.not_in(USER_RULES)))
         conn.execute(
             delete(review_items).where(review_items.c.message_id.in_(chunk), review_items.c.status == "open")
         )

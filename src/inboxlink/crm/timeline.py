@@ -25,12 +25,12 @@ from inboxlink.store.schema import links, messages, records
 
 # Which reason leads when a message is linked for several: the most specific first.
 RULE_ORDER = {
-    "manual": 0,
-    "token": 1,
-    "participant": 2,
-    "domain": 3,
-    "deal_contact": 4,
-    "sent": 5,
+    "manual": 0,  # a user chose it
+    "sent": 1,  # a user sent it from this record
+    "token": 2,
+    "participant": 3,
+    "domain": 4,
+    "deal_contact": 5,
     "thread": 6,
 }
 

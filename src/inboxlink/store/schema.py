@@ -296,6 +296,8 @@ outbox = Table(
     Column("last_error_code", String(32)),
     Column("sent_at", DateTime(timezone=True)),
     Column("sent_folder", String(512)),
+    Column("claimed_by", String(64)),  # the process sending it now ("host:pid:nonce")
+    Column("claimed_until", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_outbox_status_send_at", "status", "send_at"),

@@ -47,6 +47,7 @@ from sqlalchemy import Connection, select, update
 from inboxlink.crm import linking
 from inboxlink.domain import AccountStatus, ChangeSet, Cursor, FetchParts, MessageRef, RawMessage
 from inboxlink.errors import AuthError, CursorExpired, InboxlinkError, TransientError, UnsupportedServer
+from inboxlink.outbound import events
 from inboxlink.providers.base import MailProvider
 from inboxlink.store import mailstore
 from inboxlink.store.db import Database
@@ -498,6 +499,11 @@ class SyncEngine:
             ids = mailstore.write_messages(conn, run.account_id, new, known, at)
             # links commit with their message: a message is on its timelines the moment it is stored
             linking.link_messages(conn, [_facts(run.account_id, ids[m.provider_id], m) for m in new])
+            events.emit_many(
+                conn,
+                events.MESSAGE_CREATED,
+                (_created(run.account_id, ids[m.provider_id], m) for m in new if m.provider_id not in known),
+            )
             mailstore.put_placements(
                 conn,
                 [
@@ -538,3 +544,24 @@ def _facts(account_id: str, message_row: int, m: mailstore.NewMessage) -> linkin
         thread_id=m.thread_id,
         headers_json=r[12],
     )
+
+
+def _created(account_id: str, message_row: int, m: mailstore.NewMessage) -> dict[str, Any]:
+    r = m.row  # layout: sync.prepare.Prepared; r[5] is the date as the database stores it
+    return {
+        "account_id": account_id,
+        "id": message_row,
+        "message_id": r[1],
+        "subject": r[2],
+        "from": {"email": r[3], "name": r[4]},
+        "date": _iso_utc(r[5]),
+    }
+
+
+def _iso_utc(value: Any) -> str | None:
+    """A stored datetime (SQLite text in UTC, or an aware datetime) as ISO 8601."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.replace(" ", "T") + "+00:00"
+    return str(value.isoformat())

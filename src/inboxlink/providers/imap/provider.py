@@ -45,9 +45,12 @@ from inboxlink.domain import (
     Cursor,
     FetchParts,
     Folder,
+    FolderRole,
     Identity,
     MessageRef,
+    OutgoingMessage,
     RawMessage,
+    SentMessage,
 )
 from inboxlink.errors import AuthError, ProviderError, TransientError, ValidationError
 from inboxlink.providers.imap import mapping
@@ -241,6 +244,60 @@ class ImapProvider:
     def streams(self) -> list[str]:
         folders = self._folders if self._folders is not None else self.folders()
         return [f.key for f in folders if f.selectable]
+
+    # -- seam: sending (SendingProvider) -------------------------------------------------------
+    # The SMTP transaction reports its point of no return (OutgoingMessage.on_commit) exactly.
+    precise_commit = True
+
+    def _folder_with_role(self, role: FolderRole, fallback: str) -> str:
+        folders = self._folders if self._folders is not None else self.folders()
+        for f in folders:
+            if f.role == role:
+                return f.key
+        client = self._connect()
+        with contextlib.suppress(imaplib.IMAP4.error):
+            self._call("CREATE", client.create_folder, fallback)
+        return fallback
+
+    def _append(self, folder: str, mime: bytes, flags: Sequence[str]) -> str | None:
+        """APPEND and return the new UID when the server says it (UIDPLUS' APPENDUID)."""
+        client = self._connect()
+        response = self._call("APPEND", client.append, folder, mime, flags=list(flags))
+        text = response.decode("ascii", "replace") if isinstance(response, bytes) else str(response)
+        found = re.search(r"APPENDUID\s+\d+\s+(\d+)", text, re.IGNORECASE)
+        return found.group(1) if found else None
+
+    def send(self, message: OutgoingMessage) -> SentMessage:
+        from inboxlink.providers.imap.outgoing import smtp_send
+
+        smtp_send(self.config, self._password, self.options, message)
+        # Delivered: from here on nothing may raise, or the caller would think it unsent.
+        try:
+            sent = self._folder_with_role(FolderRole.SENT, "Sent")
+            uid = self._append(sent, message.mime, ["\\Seen"])
+        except ProviderError as exc:
+            return SentMessage(
+                message_id=message.message_id,
+                provider_id=message.message_id,
+                note=f"sent; the copy to the Sent folder failed: {exc.message}",
+            )
+        return SentMessage(
+            message_id=message.message_id, provider_id=message.message_id, folder=sent, remote_key=uid
+        )
+
+    def save_draft(self, message: OutgoingMessage, replaces: SentMessage | None = None) -> SentMessage:
+        drafts = self._folder_with_role(FolderRole.DRAFTS, "Drafts")
+        uid = self._append(drafts, message.mime, ["\\Draft", "\\Seen"])
+        if replaces is not None and replaces.folder and replaces.remote_key:
+            client = self._connect()
+            self._call("SELECT", client.select_folder, replaces.folder)
+            self._selected = None  # selected read-write: the next EXAMINE must not be skipped
+            self._call("STORE", client.add_flags, [int(replaces.remote_key)], [b"\\Deleted"])
+            if "UIDPLUS" in self._caps:
+                self._call("UID EXPUNGE", client.uid_expunge, [int(replaces.remote_key)])
+        return SentMessage(
+            message_id=message.message_id, provider_id=message.message_id, folder=drafts, remote_key=uid
+        )
 
     # -- seam: changes ------------------------------------------------------------------------
     def _examine(self, folder: str) -> dict[bytes, Any]:

@@ -1,0 +1,79 @@
+"""The task queue (Huey): sends from the outbox now or later, and a once-a-minute sweep.
+
+Embedded default: `SqliteHuey` in $INBOXLINK_HOME/tasks.db, consumed by threads inside `serve` (no
+extra service). The outbox table stays the source of truth; a task only says "look at row X now".
+So a lost task costs at most a minute (the sweep sends whatever is due and recovers crashed
+sends), and a duplicated task costs nothing (`OutboxService.send` claims the row first).
+
+Huey is imported only when a queue is used: it adds ~0.3 s to every CLI command otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from inboxlink.config import Settings
+
+if TYPE_CHECKING:
+    from inboxlink.outbound.outbox import OutboxService
+
+log = logging.getLogger(__name__)
+
+
+class TaskQueue:
+    """One Huey instance with inboxlink's tasks registered. `outbox` is resolved lazily, in the
+    consuming process (the CLI enqueues without consuming)."""
+
+    def __init__(self, settings: Settings, outbox: Callable[[], OutboxService]) -> None:
+        from huey import SqliteHuey, crontab
+
+        self.huey = SqliteHuey(
+            "inboxlink", filename=str(settings.resolved_home / "tasks.db"), utc=True, immediate=False
+        )
+        self._consumer: Any = None
+        self._thread: threading.Thread | None = None
+
+        @self.huey.task(name="send_outbox")  # type: ignore[untyped-decorator]
+        def send_outbox(outbox_id: str) -> None:
+            outbox().send(outbox_id)
+
+        @self.huey.periodic_task(crontab(minute="*"), name="outbox_sweep")  # type: ignore[untyped-decorator]
+        def outbox_sweep() -> None:
+            service = outbox()
+            service.recover()
+            service.send_due()
+
+        self._send = send_outbox
+        self.sweep = outbox_sweep
+
+    def enqueue_send(self, outbox_id: str, when: datetime | None) -> None:
+        if when is None:
+            self._send(outbox_id)
+        else:  # Huey compares naive UTC times (utc=True)
+            eta = when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
+            self._send.schedule(args=(outbox_id,), eta=eta)
+
+    def pending(self) -> int:
+        return int(self.huey.pending_count()) + int(self.huey.scheduled_count())
+
+    # -- consuming inside serve ---------------------------------------------------------------------
+    def start_consumer(self, workers: int = 2) -> None:
+        from huey.consumer import Consumer
+
+        class _InProcess(Consumer):  # type: ignore[misc]
+            def _set_signal_handlers(self) -> None:
+                """serve owns the signals; this consumer runs on a thread of it."""
+
+        self._consumer = _InProcess(
+            self.huey, workers=workers, worker_type="thread", periodic=True, check_worker_health=False
+        )
+        self._consumer.start()
+
+    def stop_consumer(self) -> None:
+        if self._consumer is not None:
+            self._consumer.stop(graceful=True)
+            self._consumer = None
