@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any
@@ -96,7 +96,54 @@ def serve(
         application = create_app(settings, background_sync=True)
     except InboxlinkError as exc:
         _fail(exc)
+    if settings.push_enabled:
+        _with_push(application)
     uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
+
+
+def _with_push(application: Any) -> None:
+    """Run the IMAP IDLE watchers inside serve (DESIGN §1), beside the scheduler the API's lifespan
+    starts. Wrapped around that lifespan, so the API module needs to know nothing of push."""
+    from contextlib import asynccontextmanager
+
+    from inboxlink.sync.push import PushWatcher
+
+    inner = application.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        async with inner(app) as state:
+            rt, scheduler = app.state.runtime, app.state.scheduler
+            watcher = PushWatcher(rt.db, rt.box, rt.settings, scheduler.trigger)
+            scheduler.pushed = watcher.live
+            watcher.start()
+            try:
+                yield state
+            finally:
+                watcher.stop()
+
+    application.router.lifespan_context = lifespan
+
+
+# -- watch ---------------------------------------------------------------------------------------
+@app.command()
+def watch() -> None:
+    """Hold IMAP IDLE connections and sync what they report changed, as a process of its own
+    (set INBOXLINK_PUSH_ENABLED=false for serve then). Stops on SIGINT / SIGTERM."""
+    from inboxlink.config import get_settings
+    from inboxlink.sync.push import PushWatcher
+    from inboxlink.sync.scheduler import Scheduler
+
+    configure_logging(get_settings().log_level)
+    with _runtime() as rt:
+        scheduler = Scheduler(rt.engine, interval=rt.settings.sync_interval_seconds)
+        scheduler.poll = False  # serve polls; this process syncs what push reports
+        watcher = PushWatcher(rt.db, rt.box, rt.settings, scheduler.trigger)
+        scheduler.start()
+        try:
+            watcher.run_until_signalled()
+        finally:
+            scheduler.stop()
 
 
 DEMO_USER = "dana@inboxlink.test"

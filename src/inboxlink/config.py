@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
     sync_interval_seconds: float = Field(default=60.0, description="poll interval when push is not available")
+    push_enabled: bool = Field(
+        default=True,
+        description="serve holds the IMAP IDLE watchers itself (false when `inboxlink watch` runs apart)",
+    )
+    push_idle_refresh_seconds: float = Field(
+        default=1740.0, gt=0, le=1740.0, description="re-issue IMAP IDLE this often (RFC 2177: <= 29 min)"
+    )
     connect_timeout_seconds: float = 20.0
     backoff_max_seconds: float = 300.0
     backoff_attempts_before_error: int = 3

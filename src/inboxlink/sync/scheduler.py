@@ -4,7 +4,11 @@
     backoff has passed (`next_attempt_at`) and whose last sync is older than the poll interval
     (or that were poked through `trigger()`), are handed to a small pool; one run each at a time.
 
-Push (IMAP IDLE, provider webhooks) will call `trigger()`; until then polling bounds the delay.
+Push calls `trigger()` (IMAP IDLE: `sync/push.py`; provider webhooks later): a poked account runs
+at the next wake, whatever its interval. Pokes coalesce: those before a run starts make one run,
+those during a run make exactly one follow-up run after it (a change seen mid-run may have been
+missed by it). Accounts that `pushed()` reports as watched are polled only every
+`PUSHED_POLL_SECONDS`, as a safety net; `poll = False` syncs poked accounts only (`inboxlink watch`).
 An account in auth_error, unsupported or disconnected is never touched: only pairing again
 revives it. A transient failure only pushes `next_attempt_at` back (the engine records it).
 
@@ -14,9 +18,10 @@ in as `also`, and start and stop with the scheduler.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -29,6 +34,9 @@ from inboxlink.sync.engine import SyncEngine
 from inboxlink.sync.state import SYNCABLE, now
 
 log = logging.getLogger(__name__)
+
+# Watched accounts are still polled this often: a watch that died unnoticed costs at most this.
+PUSHED_POLL_SECONDS = 30 * 60.0
 
 
 class Background(Protocol):
@@ -53,6 +61,9 @@ class Scheduler:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync")
         self._running: dict[str, Future[object]] = {}
         self._poked: set[str] = set()
+        self._followup: set[str] = set()  # poked while their run was going: one more run each
+        self.pushed: Callable[[], Collection[str]] | None = None  # e.g. PushWatcher.live
+        self.poll = True
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -72,13 +83,16 @@ class Scheduler:
             loop.stop()
 
     def trigger(self, account_id: str) -> None:
+        """Sync `account_id` soon (thread-safe; coalesced as the module docstring says)."""
         with self._lock:
             self._poked.add(account_id)
         self._wake.set()
 
-    def _due(self) -> list[str]:
+    def _due(self) -> tuple[list[str], set[str]]:
         at = now()
         stale = at - timedelta(seconds=self.interval)
+        safety_net = at - timedelta(seconds=max(self.interval, PUSHED_POLL_SECONDS))
+        pushed = self.pushed() if self.pushed is not None else frozenset()
         with self.engine.db.engine.connect() as conn:
             rows = conn.execute(
                 select(accounts.c.id, accounts.c.status, accounts.c.last_sync_at, accounts.c.next_attempt_at)
@@ -91,23 +105,40 @@ class Scheduler:
                 continue
             if r.next_attempt_at is not None and _aware(r.next_attempt_at) > at and r.id not in poked:
                 continue
-            if r.id in poked or r.last_sync_at is None or _aware(r.last_sync_at) < stale:
+            limit = safety_net if r.id in pushed else stale
+            if r.id in poked or (self.poll and (r.last_sync_at is None or _aware(r.last_sync_at) < limit)):
                 due.append(r.id)
-        return due
+        return due, poked
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                for account_id in self._due():
+                due, poked = self._due()
+                for account_id in due:
                     with self._lock:
                         running = self._running.get(account_id)
                         if running is not None and not running.done():
+                            if account_id in poked:
+                                self._followup.add(account_id)
                             continue
-                        self._running[account_id] = self._pool.submit(self._run, account_id)
+                        future = self._pool.submit(self._run, account_id)
+                        self._running[account_id] = future
+                    # outside the lock: a future already done runs the callback right here
+                    future.add_done_callback(functools.partial(self._finished, account_id))
             except Exception:
                 log.exception("scheduler tick failed")
             self._wake.wait(self.tick)
             self._wake.clear()
+
+    def _finished(self, account_id: str, _future: Future[object]) -> None:
+        # Checked under the lock that `_loop` holds while it tests `done()`: a poke is either seen
+        # by a new run or recorded as a follow-up here, never lost between the two.
+        with self._lock:
+            if account_id not in self._followup:
+                return
+            self._followup.discard(account_id)
+            self._poked.add(account_id)
+        self._wake.set()
 
     def _run(self, account_id: str) -> object:
         try:
