@@ -52,9 +52,13 @@ def mail(
     return bytes(m), mid
 
 
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(home=tmp_path / "home", allow_private_hosts=True))) as c:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def client(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    """Every test runs on the embedded SQLite and on PostgreSQL (search uses FTS5 on one, the
+    database's own full-text search on the other)."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    settings = Settings(home=tmp_path / "home", allow_private_hosts=True, database_url=url)
+    with TestClient(create_app(settings)) as c:
         yield c
 
 
@@ -378,3 +382,32 @@ def test_bulk_import_is_idempotent_by_external_id(team: Team) -> None:
     assert deal["person_id"] == first["ids"][1] and deal["token"] == "A-1"
     clash = team.c.post("/api/v1/records/deal", json={"name": "x", "token": "a-1"})
     assert clash.status_code == 409
+
+
+def test_message_detail_is_sanitized_and_folds_quotes(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    me = mail_user.email
+    person = team.record("person", name="Hal", emails=["hal@html.example"])
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "hal@html.example", me, "formatted"
+    m["Message-ID"] = "<html1@html.example>"
+    m.set_content("New words.\n\nOn Mon, 2 Mar 2026 at 10:00, Me <me@x.example> wrote:\n> the old text\n")
+    m.add_alternative('<p onclick="steal()">New <b>words</b></p><script>alert(1)</script>', subtype="html")
+    dovecot.deliver_lmtp(me, bytes(m))
+    team.sync(team.pair(mail_user))
+    [entry] = team.timeline("person", person)
+    detail = team.c.get(f"/api/v1/messages/{entry['id']}").json()
+    assert detail["text"].strip() == "New words."
+    assert "the old text" in detail["quoted_text"]
+    assert (
+        "<b>words</b>" in detail["html"]
+        and "script" not in detail["html"]
+        and "onclick" not in detail["html"]
+    )
+    assert detail["links"] == [
+        {"record_id": person, "rule": "participant", "evidence": "hal@html.example is the sender"}
+    ]
+    assert (
+        team.c.get(f"/api/v1/messages/{entry['id']}").json()["html"] == detail["html"]
+    )  # cached, same answer

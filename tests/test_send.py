@@ -330,3 +330,47 @@ def test_cli_send_and_timeline_contract(
     bad = subprocess.run([*CLI, "send", account, "--to", "x@client.example", "--text", "a", "--html", "b"],
                          env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 1 and bad.stderr.startswith("error: give --text or --html")
+
+
+def test_message_events_reach_webhooks(
+    client: TestClient, dovecot: Dovecot, mail_user: MailUser, mailer: tuple[Mailer, int]
+) -> None:
+    from inboxlink.outbound import events
+    from inboxlink.outbound.webhooks import Deliverer, DeliveryOptions, WebhookService
+    from tests.test_webhooks import Receiver
+
+    rt = client.app.state.runtime  # type: ignore[attr-defined]
+    receiver = Receiver()
+    receiver.thread.start()
+    try:
+        _view, receiver.secret = WebhookService(rt.db, rt.box, rt.settings).create(
+            receiver.url, [events.MESSAGE_CREATED, events.MESSAGE_LINKED, events.MESSAGE_SENT]
+        )
+        _smtp, port = mailer
+        person = client.post(
+            "/api/v1/records/person", json={"name": "Dana", "emails": ["dana@client.example"]}
+        )
+        dovecot.deliver_lmtp(mail_user.email, make_message(7, sender="dana@client.example", to=mail_user.email,
+                                                           msgid="<in7@client.example>"))  # fmt: skip
+        account = pair(client, mail_user, port)
+        sent = client.post(
+            "/api/v1/outbox", json={"account_id": account, "to": ["dana@client.example"], "text": "x"}
+        )
+        deliverer = Deliverer(rt.db, rt.box, DeliveryOptions(allow_private_hosts=True))
+        deliverer.deliver_due()
+        got = [r.json for r in receiver.wait_for(4)]
+        assert all(r.verified for r in receiver.received)
+        by_type: dict[str, list[dict[str, Any]]] = {}
+        for event in got:
+            by_type.setdefault(event["type"], []).append(event["data"])
+        created = {d["message_id"] for d in by_type["message.created"]}
+        assert "in7@client.example" in created
+        linked = {(d["message_id"], d["record"]["id"], d["rule"]) for d in by_type["message.linked"]}
+        assert ("in7@client.example", person.json()["id"], "participant") in linked
+        assert (sent.json()["message_id"], person.json()["id"], "participant") in linked
+        [sent_event] = by_type["message.sent"]
+        assert sent_event["outbox_id"] == sent.json()["id"] and sent_event["account_id"] == account
+        assert sent_event["recipients"]["to"] == [{"email": "dana@client.example", "name": None}]
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()

@@ -370,13 +370,12 @@ def _announce(conn: Connection, new: list[tuple[int, str, str, str]]) -> None:
             select(messages.c.id, messages.c.account_id, messages.c.message_id).where(messages.c.id.in_(ids))
         )
     }
-    kinds = dict(
-        conn.execute(
+    kinds: dict[str, str] = {
+        k.id: k.type
+        for k in conn.execute(
             select(records.c.id, records.c.type).where(records.c.id.in_(sorted({r for _m, r, *_ in fresh})))
         )
-        .tuples()
-        .all()
-    )
+    }
     events.emit_many(
         conn,
         events.MESSAGE_LINKED,
