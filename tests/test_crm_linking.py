@@ -411,3 +411,19 @@ def test_message_detail_is_sanitized_and_folds_quotes(
     assert (
         team.c.get(f"/api/v1/messages/{entry['id']}").json()["html"] == detail["html"]
     )  # cached, same answer
+
+
+def test_spam_links_nowhere_and_creates_no_contact(team: Team, dovecot: Dovecot, mail_user: MailUser) -> None:
+    me = mail_user.email
+    team.c.patch("/api/v1/settings/linking", json={"auto_create": "sent_and_received"})
+    co = team.record("company", name="Spammy", domains=["spam.example"])
+    dovecot.create_folder(me, "Junk")
+    spam, _ = mail("Winner <win@spam.example>", me, "You won")
+    ham, ham_id = mail("Real <real@spam.example>", me, "Real question")
+    dovecot.write_messages(me, "Junk", [spam])
+    dovecot.deliver_lmtp(me, ham)
+    team.sync(team.pair(mail_user))
+    assert set(by_mid(team.timeline("company", co))) == {ham_id}
+    assert {e for p in team.c.get("/api/v1/records/person").json() for e in p["emails"]} == {
+        "real@spam.example"
+    }

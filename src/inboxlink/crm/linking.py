@@ -2,6 +2,7 @@
 
 Rules, applied to a set of messages (new mail from a sync, or past mail when records change):
 
+    junk      every copy of the message is in a junk/spam folder        -> no link at all
     blocked   a participant (or its domain) is on the blocklist  -> no link at all
     internal  every participant is the team's own (settings.exclude_internal) -> no link at all
     participant  address -> the person who has it                 "jane@acme.com is the sender"
@@ -47,9 +48,11 @@ from inboxlink.outbound import events
 from inboxlink.store.schema import (
     accounts,
     blocklist,
+    folders,
     links,
     message_addresses,
     messages,
+    placements,
     record_keys,
     records,
     review_items,
@@ -597,7 +600,8 @@ def link_messages(conn: Connection, facts: Sequence[MessageFacts]) -> None:
     ix = load_index(conn)
     if ix.idle and not _any_links(conn):
         return
-    live = [f for f in facts if _skip_reason(f, ix) is None]
+    junk = _junk_only(conn, [f.id for f in facts])
+    live = [f for f in facts if f.id not in junk and _skip_reason(f, ix) is None]
     out = _Outcome()
     for f in live:
         _direct(f, ix, out)
@@ -612,6 +616,20 @@ def link_messages(conn: Connection, facts: Sequence[MessageFacts]) -> None:
     _deal_contacts(conn, live, ix)
     linked = _existing_links(conn, [f.id for f in live])
     _pass_down(conn, [f for f in live if linked.get(f.id)], ix)
+
+
+def _junk_only(conn: Connection, ids: Sequence[int]) -> set[int]:
+    """Messages whose every placement is in a junk/spam folder: spam links nowhere and creates no
+    contact. (A message with no placement yet, e.g. a sent copy, is not junk.)"""
+    roles: dict[int, set[str]] = defaultdict(set)
+    for chunk in _chunks(list(ids)):
+        for r in conn.execute(
+            select(placements.c.message_id, folders.c.role)
+            .join(folders, folders.c.id == placements.c.folder_id)
+            .where(placements.c.message_id.in_(chunk))
+        ):
+            roles[r.message_id].add(r.role)
+    return {m for m, rs in roles.items() if rs == {"junk"}}
 
 
 def _any_links(conn: Connection) -> bool:

@@ -497,19 +497,19 @@ class SyncEngine:
             self._renew(conn, run.account_id)
             known = mailstore.messages_by_provider_id(conn, run.account_id, list(by_pid))
             ids = mailstore.write_messages(conn, run.account_id, new, known, at)
-            # links commit with their message: a message is on its timelines the moment it is stored
-            linking.link_messages(conn, [_facts(run.account_id, ids[m.provider_id], m) for m in new])
-            events.emit_many(
-                conn,
-                events.MESSAGE_CREATED,
-                (_created(run.account_id, ids[m.provider_id], m) for m in new if m.provider_id not in known),
-            )
             mailstore.put_placements(
                 conn,
                 [
                     (ids[pid], run.folder_ids[ref.folder], ref.remote_key, mailstore.flags_text(flags))
                     for pid, ref, flags in placements_for
                 ],
+            )
+            # links commit with their message: a message is on its timelines the moment it is stored
+            linking.link_messages(conn, [_facts(run.account_id, ids[m.provider_id], m) for m in new])
+            events.emit_many(
+                conn,
+                events.MESSAGE_CREATED,
+                (_created(run.account_id, ids[m.provider_id], m) for m in new if m.provider_id not in known),
             )
             if checkpoint is not None:
                 mailstore.save_cursor(conn, folder_id, checkpoint, at)
