@@ -353,6 +353,13 @@ def test_visibility_between_users_and_one_entry_per_message(
     assert [a["id"] for a in get("/api/v1/accounts", bob["token"]).json()] == [b_acc]
     assert get(f"/api/v1/accounts/{a_acc}", bob["token"]).status_code == 404
     assert get("/api/v1/users", bob["token"]).status_code == 403
+    takeover = team.c.post(
+        "/api/v1/accounts",
+        json={"email": alice_box.email, "username": alice_box.email, "password": alice_box.password,
+              "imap_host": alice_box.host, "imap_port": alice_box.port, "security": "none"},
+        headers={"Authorization": f"Bearer {bob['token']}"},
+    )  # fmt: skip
+    assert takeover.status_code == 409 and takeover.json()["error"]["code"] == "conflict"
     assert private_id not in {
         e["message_id"] for e in team.timeline("person", client_p, as_token=bob["token"])
     }

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from inboxlink.accounts import AccountView
 from inboxlink.crm.access import Viewer, access_account
-from inboxlink.errors import NotFound
+from inboxlink.errors import Conflict
 from inboxlink.providers.imap.provider import ImapConfig
 from inboxlink.runtime import Runtime
 
@@ -137,9 +137,13 @@ def pair_account(body: ImapPairing, rt: RuntimeDep, request: Request, viewer: Vi
         smtp_port=body.smtp_port if body.smtp_host else None,
         smtp_security=body.smtp_security,
     )
+    if not viewer.is_system:
+        # checked before pairing touches anything: another user's mailbox is not re-paired by you
+        for existing in rt.accounts.all():
+            same = existing.provider == "imap" and existing.email.lower() == body.email.lower()
+            if same and existing.owner_id not in (None, viewer.user_id):
+                raise Conflict("this mailbox is paired by another user")
     view = rt.accounts.pair_imap(config, body.password.get_secret_value(), headers_only=body.headers_only)
-    if not viewer.is_system and view.owner_id not in (None, viewer.user_id):
-        raise NotFound("this mailbox is paired by another user")
     view = rt.accounts.set_sharing(view.id, owner_id=viewer.user_id, visibility=body.visibility)
     _poke(request, view.id)
     return AccountOut.of(view)
