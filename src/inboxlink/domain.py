@@ -120,6 +120,9 @@ class ChangeSet:
     - `removed`: placements (folder, remote_key) that are gone.
     - `present`: when not None, the complete set of remote keys now in `folder`; any stored
       placement not in it is gone (the no-CONDSTORE diff).
+    - `present_by_folder`: the same for a stream that spans several folders (Gmail: labels are
+      folders): for each folder named, the complete set of remote keys now in it. A folder the
+      stream covers that holds nothing is named with an empty set; folders not named are left alone.
     - `next_cursor`: the cursor once everything here is stored; `checkpoint(n)` is a cursor that is
       already valid when the first n upserts are stored (lets a long full sync resume mid-way).
     - `more`: call again with `next_cursor` for the rest.
@@ -130,9 +133,19 @@ class ChangeSet:
     upserts: list[MessageRef] = field(default_factory=list)
     removed: list[tuple[str, str]] = field(default_factory=list)
     present: frozenset[str] | None = None
+    present_by_folder: Mapping[str, frozenset[str]] | None = None
     reset: bool = False
     more: bool = False
     checkpoint: Callable[[int], Cursor] | None = None
+
+    def presence(self) -> dict[str, frozenset[str]] | None:
+        """Every complete listing this step carries, folder key -> remote keys (None: none)."""
+        if self.present is None and self.present_by_folder is None:
+            return None
+        found = dict(self.present_by_folder or {})
+        if self.present is not None:
+            found[self.folder] = self.present
+        return found
 
 
 class FetchParts(enum.Enum):

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, exists, func, select, update
 
-from inboxlink.domain import Cursor, Folder
+from inboxlink.domain import Cursor, Folder, MessageRef
 from inboxlink.store.schema import folders, message_addresses, messages, placements
 
 _IN_CHUNK = 500  # bound parameters per IN (...) query: SQLite's limit is 32,766; keep plans small
@@ -196,21 +196,37 @@ def messages_by_provider_id(conn: Connection, account_id: str, ids: Sequence[str
     return out
 
 
-def restart_folders_with_headers_only(conn: Connection, account_id: str) -> int:
-    """Forget the cursors of folders holding header-only messages, so that a full-mode run makes a
-    full pass over them and downloads just their bodies (nothing else, no duplicate)."""
-    holding = (
-        select(placements.c.folder_id)
-        .join(messages, messages.c.id == placements.c.message_id)
+def header_only_refs(conn: Connection, account_id: str) -> list[MessageRef]:
+    """One current placement of each live message stored without its body, as a ref to fetch
+    it by (so that a full-mode run downloads just those bodies, nothing else, no duplicate)."""
+    rows = conn.execute(
+        select(
+            messages.c.id,
+            messages.c.provider_id,
+            folders.c.key,
+            placements.c.remote_key,
+            placements.c.flags,
+        )
+        .join(placements, placements.c.message_id == messages.c.id)
+        .join(folders, folders.c.id == placements.c.folder_id)
         .where(
             messages.c.account_id == account_id,
             messages.c.headers_only.is_(True),
             messages.c.deleted_at.is_(None),
+            folders.c.gone.is_(False),
         )
-        .distinct()
+        .order_by(messages.c.id, placements.c.id)
     )
-    res = conn.execute(update(folders).where(folders.c.id.in_(holding)).values(cursor=None))
-    return res.rowcount or 0
+    refs: dict[int, MessageRef] = {}
+    for r in rows:
+        if r.id not in refs:
+            refs[r.id] = MessageRef(
+                folder=r.key,
+                remote_key=r.remote_key,
+                provider_id=r.provider_id,
+                flags=frozenset(r.flags.split()),
+            )
+    return list(refs.values())
 
 
 def account_has_messages(conn: Connection, account_id: str) -> bool:

@@ -18,7 +18,8 @@ One run for one account:
                   re-fetches at most one chunk
                3. the cursor of the whole ChangeSet commits with the last write
          until not more
-    -> status connected ("Connected"); lease released
+    -> full mode: bodies of messages still stored header-only, fetched through the same pipeline
+    -> status connected ("Connected"); `after_sync` upkeep (push, labels); lease released
 
 Idempotence: messages are upserted by (account, provider_id) and placements by (folder,
 remote_key), so re-running any part of a run (after a crash, a retry, an expired cursor) converges
@@ -125,12 +126,23 @@ def _holder_is_dead(owner: str) -> bool:
     return False
 
 
+AfterSync = Callable[[str, MailProvider], None]
+
+
 class SyncEngine:
     def __init__(
-        self, db: Database, open_provider: Callable[[str], MailProvider], *, prepare_workers: int = 0
+        self,
+        db: Database,
+        open_provider: Callable[[str], MailProvider],
+        *,
+        prepare_workers: int = 0,
+        after_sync: AfterSync | None = None,
     ) -> None:
         self.db = db
         self.open_provider = open_provider
+        # Upkeep of a mailbox that needs the open provider (push subscriptions, labels: sync/upkeep.py):
+        # called after each successful run, still under the lease; it handles its own failures.
+        self.after_sync = after_sync
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._pool = PreparePool(prepare_workers) if prepare_workers > 0 else None
 
@@ -250,8 +262,6 @@ class SyncEngine:
                 had = mailstore.account_has_messages(conn, account_id)
                 if headers_only is None:
                     headers_only = acct.sync_mode == "headers"
-                if not headers_only:
-                    mailstore.restart_folders_with_headers_only(conn, account_id)
             provider = self.open_provider(account_id)
             run = _Run(
                 account_id,
@@ -281,6 +291,8 @@ class SyncEngine:
                     .where(accounts.c.id == account_id)
                     .values(last_sync_at=now(), failures=0, last_error=None, next_attempt_at=None)
                 )
+            if self.after_sync is not None:
+                self.after_sync(account_id, provider)
         finally:
             if provider is not None:
                 provider.close()
@@ -304,6 +316,19 @@ class SyncEngine:
             run.folder_ids = mailstore.upsert_folders(conn, run.account_id, found)
         for stream in provider.streams():
             self._sync_stream(run, stream)
+        if run.parts is FetchParts.FULL:
+            self._complete_bodies(run)
+
+    def _complete_bodies(self, run: _Run) -> None:
+        """Download the bodies of messages stored header-only (the account went from headers-only
+        to full mode), each once, through one of its current placements. This needs no full pass:
+        a stream's cursor may live on a folder holding none of them (Gmail: one stream, its cursor
+        on INBOX). Run after the streams, so the placements are current; a message that vanished
+        meanwhile is skipped by `fetch()` and stays header-only until a sync reports it gone."""
+        with self.db.engine.connect() as conn:
+            refs = mailstore.header_only_refs(conn, run.account_id)
+        if refs:
+            self._fetch_and_store(run, None, None, refs)
 
     def _sync_stream(self, run: _Run, stream: str) -> None:
         folder_id = run.folder_ids[stream]
@@ -339,11 +364,14 @@ class SyncEngine:
                 affected |= mailstore.drop_placements(conn, folder_id)
             for _folder, fid, keys in _by_folder(cs.removed, run.folder_ids):
                 affected |= mailstore.remove_placements(conn, fid, keys)
-            if cs.present is not None:
-                stored = mailstore.all_placement_keys(conn, folder_id)
-                gone = [k for k in stored if k not in cs.present]
+            for folder, present in (cs.presence() or {}).items():
+                listed = folder_id if folder == cs.folder else run.folder_ids.get(folder)
+                if listed is None:
+                    continue  # a folder we never recorded holds nothing of ours
+                stored = mailstore.all_placement_keys(conn, listed)
+                gone = [k for k in stored if k not in present]
                 if gone:
-                    affected |= mailstore.remove_placements(conn, folder_id, gone)
+                    affected |= mailstore.remove_placements(conn, listed, gone)
             upserts = [r for r in cs.upserts if r.folder in run.folder_ids]  # else gone meanwhile
             known_pl: dict[tuple[str, str], mailstore.KnownPlacement] = {}
             for folder, fid, keys in _by_folder([(r.folder, r.remote_key) for r in upserts], run.folder_ids):
@@ -388,8 +416,12 @@ class SyncEngine:
             self._fetch_and_store(run, folder_id, cs, to_fetch)
 
     # -- the pipeline ------------------------------------------------------------------------------
-    def _fetch_and_store(self, run: _Run, folder_id: int, cs: ChangeSet, refs: list[MessageRef]) -> None:
-        position = {(r.folder, r.remote_key): i for i, r in enumerate(cs.upserts)}
+    def _fetch_and_store(
+        self, run: _Run, folder_id: int | None, cs: ChangeSet | None, refs: list[MessageRef]
+    ) -> None:
+        """Download `refs` and store them; with a ChangeSet, checkpoint its cursor on the way and
+        save its `next_cursor` on `folder_id` at the end (without one: no cursor is involved)."""
+        position = {(r.folder, r.remote_key): i for i, r in enumerate(cs.upserts if cs else ())}
         # Fetch in the ChangeSet's order: a checkpoint after chunk k then covers a stored prefix.
         refs = sorted(refs, key=lambda r: position.get((r.folder, r.remote_key), -1))
         # A message known by id before the fetch (Gmail) and placed in several folders is
@@ -456,12 +488,14 @@ class SyncEngine:
                 )
                 last_pos = max(last_pos, *(position.get((m.ref.folder, m.ref.remote_key), -1) for m in chunk))
                 checkpoint = (
-                    cs.checkpoint(last_pos + 1) if cs.checkpoint is not None and last_pos >= 0 else None
+                    cs.checkpoint(last_pos + 1)
+                    if cs is not None and cs.checkpoint is not None and last_pos >= 0
+                    else None
                 )
                 self._store_chunk(run, folder_id, chunk, blob_refs, rows, checkpoint, also)
                 done += len(chunk)
                 if run.progress:
-                    run.progress(cs.folder, done, total)
+                    run.progress(cs.folder if cs else "bodies", done, total)
         finally:
             stop.set()
             while thread.is_alive():  # unblock a producer waiting on a full queue
@@ -469,13 +503,14 @@ class SyncEngine:
                     fetched.get(timeout=0.05)
             if gc_was_enabled:
                 gc.enable()
-        with self.db.engine.begin() as conn:
-            mailstore.save_cursor(conn, folder_id, cs.next_cursor, now())
+        if cs is not None and folder_id is not None:
+            with self.db.engine.begin() as conn:
+                mailstore.save_cursor(conn, folder_id, cs.next_cursor, now())
 
     def _store_chunk(
         self,
         run: _Run,
-        folder_id: int,
+        folder_id: int | None,
         chunk: list[RawMessage],
         blob_refs: list[str],
         rows: list[Prepared],
@@ -511,7 +546,7 @@ class SyncEngine:
                 events.MESSAGE_CREATED,
                 (_created(run.account_id, ids[m.provider_id], m) for m in new if m.provider_id not in known),
             )
-            if checkpoint is not None:
+            if checkpoint is not None and folder_id is not None:
                 mailstore.save_cursor(conn, folder_id, checkpoint, at)
         run.report.fetched += len(chunk)
         run.report.fetched_bytes += sum(len(r.raw) for r in chunk)

@@ -11,7 +11,11 @@ touch (see `mapping`: labels are placements, archived mail sits in the synthetic
                                 messages.get?format=minimal for each page's labels
                                 -> {"history_id": h, "full": {"page": token}} while pages remain,
                                    checkpointed at page starts (a killed sync resumes there)
-                                -> {"history_id": h} once the listing is done
+                                -> {"history_id": h} once the listing is done, with
+                                   `present_by_folder`: every placement the pass saw (or, for
+                                   a pass resumed by another instance, messages.list per folder
+                                   label: ~5 units per 500 ids), so that mail deleted and labels
+                                   removed while the cursor was unusable leave the store
     {"history_id": h}           history.list from h: messagesAdded / messagesDeleted /
                                 labelsAdded / labelsRemoved, netted per message (a record's message
                                 carries its whole label set, so placements before and after follow
@@ -114,6 +118,10 @@ class GmailProvider:
         self._folder_keys: list[str] | None = None
         self._labels_by_name: dict[str, str] | None = None  # lower-cased name -> label id
         self._drafts: dict[str, str] = {}  # Gmail message id -> draft id, for drafts made here
+        # The full pass this instance is making: the placements it listed so far, and the cursor
+        # it expects next; a pass resumed from a cursor it did not hand out lists them at the end.
+        self._pass_seen: dict[str, set[str]] | None = None
+        self._pass_next: Cursor | None = None
 
     def close(self) -> None:
         self.client.close()
@@ -159,9 +167,12 @@ class GmailProvider:
             profile = self.client.call(Call("GET", "profile", units=1))
             history_id = str(profile["historyId"])
             token: str | None = None
+            self._pass_seen = {}
         else:
             history_id = str(cursor["history_id"])
             token = cursor["full"].get("page")
+            if cursor != self._pass_next:
+                self._pass_seen = None  # resumed (a checkpoint, another process): pages unseen
         refs: list[MessageRef] = []
         page_starts: list[tuple[int, str | None]] = []  # (index of the page's first ref, its token)
         listed = 0
@@ -190,6 +201,14 @@ class GmailProvider:
         next_cursor: dict[str, Any] = {"history_id": history_id}
         if more:
             next_cursor["full"] = {"page": token}
+        present: dict[str, frozenset[str]] | None = None
+        if self._pass_seen is not None:
+            for ref in refs:
+                self._pass_seen.setdefault(ref.folder, set()).add(ref.remote_key)
+        if not more:
+            present = self._present(self._pass_seen)
+            self._pass_seen = None
+        self._pass_next = next_cursor if more else None
 
         def checkpoint(n: int) -> Cursor:
             if n >= len(refs):
@@ -202,8 +221,54 @@ class GmailProvider:
             return {"history_id": history_id, "full": {"page": start}}
 
         return ChangeSet(
-            folder=STREAM, next_cursor=next_cursor, upserts=refs, more=more, checkpoint=checkpoint
+            folder=STREAM,
+            next_cursor=next_cursor,
+            upserts=refs,
+            present_by_folder=present,
+            more=more,
+            checkpoint=checkpoint,
         )
+
+    def _present(self, seen: dict[str, set[str]] | None) -> dict[str, frozenset[str]]:
+        """Every placement of the mailbox at the end of a full pass, per folder (every folder
+        named, the empty ones too): what the pass saw, or when it did not see every page, what
+        messages.list says per folder label (TRASH and SPAM hide the others, as in `mapping`)."""
+        keys = self._folder_keys or self._known_folder_keys()
+        if seen is None:
+            labels_of: dict[str, set[str]] = {mid: set() for mid in self._list_ids(None)}
+            for key in keys:
+                if key != mapping.ARCHIVE:
+                    for mid in self._list_ids(key):
+                        labels_of.setdefault(mid, set()).add(key)
+            seen = {}
+            for mid, labels in labels_of.items():
+                for folder in mapping.placements(labels):
+                    seen.setdefault(folder, set()).add(mid)
+        return {key: frozenset(seen.get(key, ())) for key in {*keys, *seen}}
+
+    def _list_ids(self, label: str | None) -> Iterator[str]:
+        """Ids of the messages carrying `label` (None: every message), spam and trash included."""
+        token: str | None = None
+        while True:
+            params = [
+                ("maxResults", str(_LIST_PAGE)),
+                ("includeSpamTrash", "true"),
+                ("fields", "messages/id,nextPageToken"),
+            ]
+            if label is not None:
+                params.append(("labelIds", label))
+            if token:
+                params.append(("pageToken", token))
+            try:
+                page = self.client.call(Call("GET", "messages", params, units=UNITS["list"])) or {}
+            except (GmailNotFound, GmailRequestError):
+                if label is None:
+                    raise
+                return  # the label was deleted meanwhile: nothing is in it (folders() drops it)
+            yield from (str(m["id"]) for m in page.get("messages") or ())
+            token = page.get("nextPageToken")
+            if not token:
+                return
 
     def _minimal_refs(self, ids: Sequence[str]) -> list[MessageRef]:
         """Refs (one per placement, with flags) of these messages; vanished ones are skipped."""
