@@ -37,7 +37,8 @@ from inboxlink.providers.imap.smtp import check_smtp
 from inboxlink.store import mailstore
 from inboxlink.store.db import Database
 from inboxlink.store.schema import account_transitions, accounts, folders
-from inboxlink.sync.state import now, transition
+from inboxlink.sync.state import SYNCABLE, now, transition
+from inboxlink.sync.upkeep import Upkeep
 
 
 @dataclass
@@ -88,6 +89,8 @@ class AccountService:
         self.box = box
         # one per process, built eagerly (no I/O): it holds the single-use record of OAuth states
         self.google = GoogleOAuth(settings, box)
+        # push subscriptions and the Linked label (sync/upkeep.py); the engine calls it after syncs
+        self.upkeep = Upkeep(db, settings, self.open_provider)
 
     # -- providers for the engine ----------------------------------------------------------------
     def open_provider(self, account_id: str) -> MailProvider:
@@ -260,7 +263,11 @@ class AccountService:
         features = list(
             dict.fromkeys([*(existing.config.get("features", []) if existing else []), *grant.flow.features])
         )
-        return self._store_google(existing, grant, tokens, features)
+        view, created = self._store_google(existing, grant, tokens, features)
+        # Subscribe to push at once (or record that the account is polled): mail arriving during
+        # the first sync is announced too. A failure is recorded on the account, never raised.
+        self.upkeep.at_pairing(view.id)
+        return self.get(view.id), created
 
     def _store_google(
         self, existing: AccountView | None, grant: Grant, tokens: TokenSet, features: list[str]
@@ -394,6 +401,17 @@ class AccountService:
             owner_id=row.owner_id,
             visibility=row.visibility,
         )
+
+    def syncable_by_email(self, provider: str, email: str) -> list[str]:
+        """Ids of the `provider` accounts of mailbox `email` that may sync (a push names only the
+        address); several when teammates paired the same mailbox."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                select(accounts.c.id, accounts.c.status).where(
+                    accounts.c.provider == provider, func.lower(accounts.c.email) == email.strip().lower()
+                )
+            ).all()
+        return [r.id for r in rows if AccountStatus(r.status) in SYNCABLE]
 
     def transitions(self, account_id: str) -> list[Transition]:
         self.get(account_id)

@@ -52,6 +52,18 @@ class Settings(BaseSettings):
     google_api_base: str = Field(
         default="https://gmail.googleapis.com", description="base URL of the Gmail API (`/gmail/v1/...`)"
     )
+    google_pubsub_topic: str | None = Field(
+        default=None,
+        description="Pub/Sub topic Gmail publishes mailbox changes to (projects/P/topics/T), pushed to "
+        "POST /push/google; unset: Gmail accounts are polled",
+    )
+    google_pubsub_push_token: SecretStr | None = Field(
+        default=None,
+        description="the ?token= of the Pub/Sub push endpoint URL; default: derived from the secret key",
+    )
+    gmail_quota_units_per_second: float = Field(
+        default=250.0, gt=0, description="Gmail API quota units a mailbox may spend per second (Google: 250)"
+    )
     log_level: str = "INFO"
     sync_interval_seconds: float = Field(default=60.0, description="poll interval when push is not available")
     push_enabled: bool = Field(

@@ -40,7 +40,7 @@ class Runtime:
         if self._queue is None:
             from inboxlink.tasks import TaskQueue
 
-            self._queue = TaskQueue(self.settings, lambda: self.outbox)
+            self._queue = TaskQueue(self.settings, lambda: self.outbox, upkeep=lambda: self.accounts.upkeep)
         return self._queue
 
     @classmethod
@@ -49,7 +49,12 @@ class Runtime:
         db = open_database(settings)
         box = load_secret_box(settings)
         accounts = AccountService(db, settings, box)
-        engine = SyncEngine(db, accounts.open_provider, prepare_workers=settings.prepare_workers)
+        engine = SyncEngine(
+            db,
+            accounts.open_provider,
+            prepare_workers=settings.prepare_workers,
+            after_sync=accounts.upkeep.after_sync,
+        )
         linking.OPERATOR_HOME = settings.resolved_home
         rt = cls(
             settings=settings,

@@ -1,4 +1,6 @@
-"""The task queue (Huey): sends from the outbox now or later, and a once-a-minute sweep.
+"""The task queue (Huey): sends from the outbox now or later, a once-a-minute sweep, and an hourly
+renewal of push subscriptions (Gmail watches lapse after 7 days; `sync/upkeep.py` renews each one
+about daily).
 
 Embedded default: `SqliteHuey` in $INBOXLINK_HOME/tasks.db, consumed by threads inside `serve` (no
 extra service). The outbox table stays the source of truth; a task only says "look at row X now".
@@ -20,6 +22,7 @@ from inboxlink.config import Settings
 
 if TYPE_CHECKING:
     from inboxlink.outbound.outbox import OutboxService
+    from inboxlink.sync.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,13 @@ class TaskQueue:
     """One Huey instance with inboxlink's tasks registered. `outbox` is resolved lazily, in the
     consuming process (the CLI enqueues without consuming)."""
 
-    def __init__(self, settings: Settings, outbox: Callable[[], OutboxService]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        outbox: Callable[[], OutboxService],
+        *,
+        upkeep: Callable[[], Upkeep] | None = None,
+    ) -> None:
         from huey import SqliteHuey, crontab
 
         self.huey = SqliteHuey(
@@ -47,8 +56,15 @@ class TaskQueue:
             service.recover()
             service.send_due()
 
+        @self.huey.periodic_task(crontab(minute="23"), name="renew_push")  # type: ignore[untyped-decorator]
+        def renew_push() -> None:
+            # hourly, so that a serve stopped at the due time catches up within the hour
+            if upkeep is not None:
+                upkeep().renew_subscriptions()
+
         self._send = send_outbox
         self.sweep = outbox_sweep
+        self.renew_push = renew_push
 
     def enqueue_send(self, outbox_id: str, when: datetime | None) -> None:
         if when is None:

@@ -10,7 +10,14 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from inboxlink.api import routes_accounts, routes_crm, routes_oauth, routes_outbox, routes_webhooks
+from inboxlink.api import (
+    routes_accounts,
+    routes_crm,
+    routes_oauth,
+    routes_outbox,
+    routes_push,
+    routes_webhooks,
+)
 from inboxlink.config import Settings
 from inboxlink.crm.access import SYSTEM, Viewer, access_user, viewer_for_token
 from inboxlink.errors import InboxlinkError
@@ -108,4 +115,5 @@ def create_app(
     app.include_router(routes_webhooks.router, prefix="/api/v1", dependencies=[Depends(check_token)])
     app.include_router(routes_crm.router, prefix="/api/v1", dependencies=[Depends(check_token)])
     app.include_router(routes_outbox.router, prefix="/api/v1", dependencies=[Depends(check_token)])
+    app.include_router(routes_push.router)  # Pub/Sub cannot send our token: a secret in the URL instead
     return app

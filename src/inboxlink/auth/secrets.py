@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -99,6 +101,8 @@ class SecretBox:
         if not fernets:
             raise ConfigError(f"{source}: no encryption key configured; {_GENERATE_HINT}", setting=source)
         self._key_count = len(fernets)
+        newest = keys[0]
+        self._newest_key = base64.urlsafe_b64decode(newest if isinstance(newest, bytes) else newest.encode())
         self._newest = MultiFernet(fernets[:1])
         self._fernet = MultiFernet(fernets)
 
@@ -108,6 +112,13 @@ class SecretBox:
     @property
     def key_count(self) -> int:
         return self._key_count
+
+    def derive(self, purpose: str) -> str:
+        """A stable secret for `purpose` (e.g. the token in a push endpoint's URL), derived from the
+        newest key by HMAC-SHA256: nothing more to store or configure, and not the key itself.
+        Rotating the key changes it."""
+        digest = hmac.new(self._newest_key, b"inboxlink derive:" + purpose.encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(digest.digest()).decode("ascii").rstrip("=")
 
     def encrypt(self, plaintext: str | bytes | dict[str, Any]) -> str:
         """Encrypt under the newest key; returns token text to store in the database.

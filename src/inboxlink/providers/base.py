@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from inboxlink.domain import (
@@ -128,6 +129,23 @@ class LabelingProvider(Protocol):
     ) -> None:
         """Add/remove flags or labels. Names are neutral: "seen", "flagged", or a label/folder name
         (created when missing)."""
+        ...
+
+
+class Subscription(Protocol):
+    """A push subscription the provider holds for us; it lapses at `expiration` unless renewed."""
+
+    @property
+    def expiration(self) -> datetime: ...
+
+
+@runtime_checkable
+class PushSubscriber(Protocol):
+    """A mailbox that publishes its changes to a channel whose messages reach our HTTP endpoint
+    (Gmail: users.watch to a Pub/Sub topic, pushed to `POST /push/google`). Optional."""
+
+    def watch(self, topic: str, label_ids: Sequence[str] = ()) -> Subscription:
+        """Subscribe (again: a renewal replaces the previous subscription) to `topic`."""
         ...
 
 

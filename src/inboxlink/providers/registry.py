@@ -3,16 +3,33 @@ themselves that imports a concrete provider."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 from inboxlink.config import Settings
 from inboxlink.errors import ConfigError, ValidationError
 from inboxlink.providers.base import MailProvider, TokenSource
+from inboxlink.providers.gmail.client import QuotaBudget
 from inboxlink.providers.gmail.provider import GmailConfig, GmailProvider
 from inboxlink.providers.imap.provider import ConnectOptions, ImapConfig, ImapProvider
 
 PROVIDERS = ("imap", "gmail")
+
+# Gmail's quota is per user: every adapter of one mailbox in this process (a sync, the label upkeep,
+# a send) spends from the same bucket, so their sum stays under it.
+_budgets: dict[tuple[str, float], QuotaBudget] = {}
+_budgets_lock = threading.Lock()
+
+
+def gmail_budget(email: str, units_per_second: float) -> QuotaBudget:
+    """The process-wide quota bucket of one Gmail mailbox (a burst of ten seconds' worth)."""
+    key = (email.lower(), units_per_second)
+    with _budgets_lock:
+        budget = _budgets.get(key)
+        if budget is None:
+            budget = _budgets[key] = QuotaBudget(units_per_second, burst=10 * units_per_second)
+        return budget
 
 
 def connect_options(settings: Settings) -> ConnectOptions:
@@ -48,6 +65,7 @@ def build_provider(
         return GmailProvider(
             GmailConfig(email=str(config["email"]), api_base=settings.google_api_base),
             token_source,
+            budget=gmail_budget(str(config["email"]), settings.gmail_quota_units_per_second),
             timeout=settings.connect_timeout_seconds,
         )
     raise ValidationError(f"unknown provider {kind!r}; known: {', '.join(PROVIDERS)}")
