@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from inboxlink.config import Settings
 from inboxlink.domain import FetchParts, OutgoingMessage
@@ -416,3 +416,112 @@ def test_registry_requires_a_token_source(account: GmailAccount) -> None:
         assert p.verify()[0].email == account.email
     finally:
         p.close()
+
+
+def _by_folder(placed: Placements) -> dict[str, frozenset[str]]:
+    out: dict[str, set[str]] = {}
+    for folder, pid, _flags in placed:
+        out.setdefault(folder, set()).add(pid)
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def test_resync_after_expired_history_sweeps_deleted_mail_and_removed_labels(
+    sim: GoogleSim, account: GmailAccount, db: Database
+) -> None:
+    box = sim.mailbox(account.email)
+    provider = account.provider()
+    engine = SyncEngine(db, lambda _id: provider)
+    account_id = new_account(db, account.email)
+    assert engine.sync(account_id).status == "connected"
+    with sim.state.lock:
+        in_labels = [
+            m
+            for m in box.messages.values()
+            if any(x.startswith("Label_") for x in m.label_ids) and "TRASH" not in m.label_ids
+        ]
+        relabelled = in_labels[0]
+        dropped = next(x for x in relabelled.label_ids if x.startswith("Label_"))
+        emptied = box.create_label("Soon empty")
+        plain = sorted(m.id for m in box.messages.values() if m.id != relabelled.id and m.label_ids)
+        box.modify([plain[0]], [emptied.id], [])
+    assert engine.sync(account_id).fetched == 0
+    assert (emptied.id, plain[0]) in {(f, pid) for f, pid, _ in our_placements(db, account_id)}
+
+    # A message is deleted for good, a label is taken off a message, another label loses its only
+    # message, new mail arrives; then Gmail forgets that history (it keeps about a week).
+    with sim.state.lock:
+        box.delete([plain[1]])
+        box.modify([relabelled.id], [], [dropped])
+        box.modify([plain[0]], [], [emptied.id])
+    new_id = sim.deliver(account.email, make_message(400, subject="Arrived while history was gone"))
+    sim.expire_history(account.email)
+    report = engine.sync(account_id)
+    assert report.status == "connected", report.reason
+    assert report.fetched == 1, "only the new message is downloaded: nothing known is fetched again"
+    ours = our_placements(db, account_id)
+    assert ours == server_placements(sim, account.email)
+    assert plain[1] not in live_rows(db, account_id)
+    assert (dropped, relabelled.id) not in {(f, pid) for f, pid, _ in ours}
+    assert not [pid for f, pid, _ in ours if f == emptied.id]
+    assert new_id in live_rows(db, account_id)
+    rows = live_rows(db, account_id)
+    assert len(rows) == len(set(rows)) == len(box.messages)
+    engine.close()
+
+
+def test_full_pass_resumed_elsewhere_lists_what_is_present(account: GmailAccount, sim: GoogleSim) -> None:
+    """A pass resumed from a checkpoint by another instance (another run, another process) did not
+    see the first pages: it asks Gmail for each label's messages, and gets the same answer as a
+    pass that saw every page."""
+    first = account.provider()
+    start = first.changes("INBOX", None, limit=15)
+    assert start.more and start.present_by_folder is None
+    first.close()
+    box = sim.mailbox(account.email)
+    with sim.state.lock:
+        ids = sorted(box.messages)
+        box.delete([ids[0]])
+        box.trash([ids[1]])
+    truth = _by_folder(server_placements(sim, account.email))
+    resumed = account.provider()
+    try:
+        resumed.folders()
+        cs = resumed.changes("INBOX", start.checkpoint(5) if start.checkpoint else None, limit=1000)
+        assert not cs.more and cs.present_by_folder is not None
+        listed = {k: v for k, v in cs.present_by_folder.items() if v}
+        assert listed == truth
+        whole = resumed.changes("INBOX", None, limit=1000)
+        assert whole.present_by_folder is not None
+        assert {k: v for k, v in whole.present_by_folder.items() if v} == truth
+        # every folder is named, the empty ones too: their stored placements are swept
+        assert set(whole.present_by_folder) >= {f.key for f in resumed.folders()}
+    finally:
+        resumed.close()
+
+
+def test_switching_from_headers_only_to_full_downloads_each_body_once(sim: GoogleSim, db: Database) -> None:
+    account = GmailAccount.create(sim, messages=30, seed=8)
+    box = sim.mailbox(account.email)
+    with sim.state.lock:
+        # nothing in the inbox, the folder where Gmail's one stream keeps its cursor
+        box.modify([m.id for m in box.messages.values() if "INBOX" in m.label_ids], [], ["INBOX"])
+    provider = account.provider()
+    engine = SyncEngine(db, lambda _id: provider)
+    account_id = new_account(db, account.email, sync_mode="headers")
+    heads = engine.sync(account_id)
+    assert heads.status == "connected" and heads.messages == 30
+    with db.engine.connect() as conn:
+        assert all(r.headers_only for r in conn.execute(select(messages.c.headers_only)))
+        conn.execute(update(accounts).where(accounts.c.id == account_id).values(sync_mode="full"))
+        conn.commit()
+
+    full = engine.sync(account_id)
+    assert full.status == "connected", full.reason
+    assert full.fetched == 30, "each header-only message's body, once, whatever its labels"
+    with db.engine.connect() as conn:
+        rows = conn.execute(select(messages.c.headers_only, messages.c.text_body)).all()
+    assert len(rows) == 30 and not any(r.headers_only for r in rows)
+    assert sum(1 for r in rows if r.text_body) >= 25
+    assert engine.sync(account_id).fetched == 0
+    assert our_placements(db, account_id) == server_placements(sim, account.email)
+    engine.close()
