@@ -45,6 +45,19 @@ def _rejection(code: int, text: str, where: str) -> ProviderError:
     return SendRejected(f"{where} refused the message ({code} {text})")
 
 
+async def _login_once(smtp: aiosmtplib.SMTP, username: str, password: str) -> None:
+    """One login attempt with one mechanism. aiosmtplib's `login()` tries every advertised
+    mechanism in turn: with a changed password that is several failed logins per send, which
+    directory servers count towards locking the user out."""
+    methods = smtp.supported_auth_methods
+    if "plain" in methods:
+        await smtp.auth_plain(username, password)
+    elif "login" in methods:
+        await smtp.auth_login(username, password)
+    else:
+        await smtp.login(username, password)
+
+
 async def _send(config: ImapConfig, password: str, options: ConnectOptions, message: OutgoingMessage) -> None:
     host, port = config.smtp_host, config.smtp_port
     if not host or not port:
@@ -65,8 +78,12 @@ async def _send(config: ImapConfig, password: str, options: ConnectOptions, mess
     except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError, OSError) as exc:
         raise TransientError(f"cannot reach {where}: {exc}") from exc
     try:
+        # EHLO explicitly: aiosmtplib leaves it to the first command otherwise, and the extensions
+        # (SIZE, AUTH) must be known before we decide to log in or to refuse an oversize message.
+        await smtp.ehlo()
         if security == "starttls":
             await smtp.starttls()
+            await smtp.ehlo()
         if smtp.supports_extension("size"):
             limit = int(smtp.esmtp_extensions.get("size") or 0)
             if limit and len(message.mime) > limit:
@@ -75,7 +92,7 @@ async def _send(config: ImapConfig, password: str, options: ConnectOptions, mess
                 )
         if smtp.supports_extension("auth"):
             try:
-                await smtp.login(config.username, password)
+                await _login_once(smtp, config.username, password)
             except aiosmtplib.SMTPAuthenticationError as exc:
                 raise AuthError(f"{where} rejected the username or password ({exc.code})") from exc
         try:
