@@ -9,22 +9,25 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
 from inboxlink.config import Settings
+from inboxlink.crm.records import RecordInput
 from inboxlink.domain import FetchParts, OutgoingMessage
 from inboxlink.errors import AuthError, CursorExpired, RateLimited, RecipientsRejected, TransientError
 from inboxlink.providers import registry
 from inboxlink.providers.gmail import mapping
 from inboxlink.providers.gmail.client import GmailClient, QuotaBudget
 from inboxlink.providers.gmail.provider import GmailConfig, GmailProvider
+from inboxlink.runtime import Runtime
 from inboxlink.store.db import Database, open_database
 from inboxlink.store.schema import accounts, folders, messages, placements
 from inboxlink.sync.engine import SyncEngine
 from inboxlink_sim.google import GoogleSim
-from tests.gmail_support import METADATA_SCOPES, GmailAccount, running_sim
+from tests.gmail_support import AUTH, METADATA_SCOPES, GmailAccount, running_sim
 from tests.support import make_message
 
 Placements = set[tuple[str, str, str]]  # (folder key, Gmail id, flags)
@@ -525,3 +528,90 @@ def test_switching_from_headers_only_to_full_downloads_each_body_once(sim: Googl
     assert engine.sync(account_id).fetched == 0
     assert our_placements(db, account_id) == server_placements(sim, account.email)
     engine.close()
+
+
+def _gmail_calls(sim: GoogleSim, email: str, *methods: str) -> int:
+    return sum(1 for c in sim.calls if c.user == email and c.method in methods)
+
+
+def _capabilities(db: Database, account_id: str) -> dict[str, Any]:
+    with db.engine.connect() as conn:
+        caps = conn.execute(select(accounts.c.capabilities).where(accounts.c.id == account_id)).scalar()
+    return dict(caps or {})
+
+
+def _grant(db: Database, account_id: str, account: GmailAccount) -> None:
+    """What pairing records: the granted scopes, which decide whether labelling is allowed."""
+    with db.engine.begin() as conn:
+        conn.execute(
+            update(accounts)
+            .where(accounts.c.id == account_id)
+            .values(capabilities={"scopes": sorted(account.tokens.granted_scopes)})
+        )
+
+
+def test_linked_mail_gets_the_linked_label_once(sim: GoogleSim, tmp_path: Path) -> None:
+    rt = Runtime.open(Settings(home=tmp_path / "home", google_api_base=sim.base_url))
+    account = GmailAccount.create(sim, messages=5, seed=11)
+    rt.records.create("person", RecordInput(name="Jane", emails=["jane@acme.example"]))
+    linked = {
+        sim.deliver(account.email, make_message(500 + i, sender="jane@acme.example", to=account.email))
+        for i in range(3)
+    }
+    provider = account.provider()
+    engine = SyncEngine(rt.db, lambda _id: provider, after_sync=rt.accounts.upkeep.after_sync)
+    account_id = new_account(rt.db, account.email)
+    _grant(rt.db, account_id, account)
+    box = sim.mailbox(account.email)
+    try:
+        assert engine.sync(account_id).status == "connected"
+        with sim.state.lock:
+            label = next(x for x in box.labels.values() if x.name == "inboxlink/Linked")
+            assert {m.id for m in box.messages.values() if label.id in m.label_ids} == linked
+        caps = _capabilities(rt.db, account_id)
+        assert caps["linked_label"] == {"enabled": True, "reason": None}
+        assert caps["push"]["mode"] == "polling" and "INBOXLINK_GOOGLE_PUBSUB_TOPIC" in caps["push"]["reason"]
+
+        # the next sync records the placements from Gmail's history; from then on nothing is sent
+        assert engine.sync(account_id).fetched == 0
+        ours = our_placements(rt.db, account_id)
+        assert {pid for f, pid, _ in ours if f == label.id} == linked
+        assert ours == server_placements(sim, account.email)
+        modifies = ("gmail.users.messages.modify", "gmail.users.messages.batchModify")
+        before = _gmail_calls(sim, account.email, *modifies)
+        assert before >= 1
+        engine.sync(account_id)
+        assert _gmail_calls(sim, account.email, *modifies) == before
+    finally:
+        engine.close()
+        rt.close()
+
+
+def test_without_gmail_modify_nothing_is_labelled_and_the_account_says_why(
+    sim: GoogleSim, tmp_path: Path
+) -> None:
+    # a topic Gmail refuses: the account says it is polled, and why
+    rt = Runtime.open(Settings(home=tmp_path / "home", google_pubsub_topic="not-a-topic"))
+    account = GmailAccount.create(
+        sim, messages=3, seed=12, scopes=("openid", "email", AUTH + "gmail.readonly")
+    )
+    rt.records.create("person", RecordInput(name="Jo", emails=["jo@acme.example"]))
+    sim.deliver(account.email, make_message(600, sender="jo@acme.example", to=account.email))
+    provider = account.provider()
+    engine = SyncEngine(rt.db, lambda _id: provider, after_sync=rt.accounts.upkeep.after_sync)
+    account_id = new_account(rt.db, account.email)
+    _grant(rt.db, account_id, account)
+    try:
+        assert engine.sync(account_id).status == "connected"
+        caps = _capabilities(rt.db, account_id)
+        assert caps["linked_label"]["enabled"] is False and "gmail.modify" in caps["linked_label"]["reason"]
+        assert caps["push"]["mode"] == "polling" and "subscription failed" in caps["push"]["reason"]
+        box = sim.mailbox(account.email)
+        with sim.state.lock:
+            assert not [x for x in box.labels.values() if x.name == "inboxlink/Linked"]
+        assert not _gmail_calls(
+            sim, account.email, "gmail.users.messages.modify", "gmail.users.messages.batchModify"
+        )
+    finally:
+        engine.close()
+        rt.close()
