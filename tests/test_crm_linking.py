@@ -434,3 +434,19 @@ def test_spam_links_nowhere_and_creates_no_contact(team: Team, dovecot: Dovecot,
     assert {e for p in team.c.get("/api/v1/records/person").json() for e in p["emails"]} == {
         "real@spam.example"
     }
+
+
+def test_search_index_trails_ingest_in_the_background(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    for i in range(3):
+        dovecot.deliver_lmtp(mail_user.email, mail("a@b.example", mail_user.email, f"kiwi {i}")[0])
+    team.sync(team.pair(mail_user))
+    rt = team.c.app.state.runtime  # type: ignore[attr-defined]
+    sqlite = rt.db.is_sqlite
+    assert rt.index_search() == (3 if sqlite else 0)  # the minute task's work; PostgreSQL indexes itself
+    assert rt.index_search() == 0
+    assert len(team.c.get("/api/v1/search", params={"q": "kiwi"}).json()["results"]) == 3
+    dovecot.deliver_lmtp(mail_user.email, mail("a@b.example", mail_user.email, "kiwi late")[0])
+    team.sync(team.c.get("/api/v1/accounts").json()[0]["id"])
+    assert len(team.c.get("/api/v1/search", params={"q": "kiwi"}).json()["results"]) == 4  # caught up first

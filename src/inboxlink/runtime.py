@@ -40,8 +40,20 @@ class Runtime:
         if self._queue is None:
             from inboxlink.tasks import TaskQueue
 
-            self._queue = TaskQueue(self.settings, lambda: self.outbox, upkeep=lambda: self.accounts.upkeep)
+            self._queue = TaskQueue(
+                self.settings,
+                lambda: self.outbox,
+                upkeep=lambda: self.accounts.upkeep,
+                index_search=self.index_search,
+            )
         return self._queue
+
+    def index_search(self, limit: int = 20_000) -> int:
+        """Bring the SQLite full-text index up to date (in batches; PostgreSQL needs nothing)."""
+        from inboxlink.crm.search import index_pending
+
+        with self.db.engine.begin() as conn:
+            return index_pending(conn, limit=limit)
 
     @classmethod
     def open(cls, settings: Settings | None = None) -> Runtime:

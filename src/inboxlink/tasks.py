@@ -37,6 +37,7 @@ class TaskQueue:
         outbox: Callable[[], OutboxService],
         *,
         upkeep: Callable[[], Upkeep] | None = None,
+        index_search: Callable[[], int] | None = None,
     ) -> None:
         from huey import SqliteHuey, crontab
 
@@ -62,8 +63,15 @@ class TaskQueue:
             if upkeep is not None:
                 upkeep().renew_subscriptions()
 
+        @self.huey.periodic_task(crontab(minute="*"), name="index_search")  # type: ignore[untyped-decorator]
+        def search_index() -> None:
+            # the full-text index trails ingest by at most a minute, off the sync path (crm/search.py)
+            if index_search is not None:
+                index_search()
+
         self._send = send_outbox
         self.sweep = outbox_sweep
+        self.index_search = search_index
         self.renew_push = renew_push
 
     def enqueue_send(self, outbox_id: str, when: datetime | None) -> None:
