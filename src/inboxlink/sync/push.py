@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -82,6 +83,7 @@ log = logging.getLogger(__name__)
 IDLE_REFRESH_MAX = 29 * 60.0  # RFC 2177: servers may log out a client idle for 30 minutes
 _BUFFER_LIMIT = 256 << 10  # a server line (or literal) longer than this is a broken server
 _TLS_READ = 16 << 10  # one TLS record at most per SSLObject.read()
+_SCRATCH = 64 << 10  # the loop's one socket read buffer (see _Wire)
 _STABLE_SECONDS = 60.0  # a connection that lasted this long resets the backoff
 _CHANGE_WORDS = frozenset({b"EXISTS", b"EXPUNGE", b"FETCH", b"STATUS", b"VANISHED", b"LIST"})
 _LITERAL = re.compile(rb"\{(\d+)\+?\}\r?\n$")
@@ -109,13 +111,31 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-class _Wire(asyncio.Protocol):
-    """Bytes in, lines out, over a bare transport; TLS done here (see the module docstring)."""
+class _Wire(asyncio.BufferedProtocol):
+    """Bytes in, lines out, over a bare transport; TLS done here (see the module docstring).
 
-    __slots__ = ("_buf", "_handshaking", "_in", "_loop", "_lost", "_out", "_tls", "_transport", "_waiter")
+    A BufferedProtocol: the transport reads into `scratch`, one buffer shared by every connection
+    of the watcher's loop (single-threaded: each read is copied out before the next one). With a
+    plain Protocol, asyncio reads each time with `recv(256 KiB)` and shrinks the result (measured:
+    no difference in RSS per idle watch, but no 256 KiB allocation per read either).
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = (
+        "_buf",
+        "_handshaking",
+        "_in",
+        "_loop",
+        "_lost",
+        "_out",
+        "_scratch",
+        "_tls",
+        "_transport",
+        "_waiter",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, scratch: memoryview) -> None:
         self._loop = loop
+        self._scratch = scratch
         self._transport: asyncio.Transport | None = None
         self._buf = b""  # bytes, not bytearray: an idle connection then holds the shared b""
         self._waiter: asyncio.Future[None] | None = None
@@ -130,7 +150,13 @@ class _Wire(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._received(bytes(self._scratch[:nbytes]))
+
+    def _received(self, data: bytes) -> None:
         if self._tls is not None:
             assert self._in is not None
             self._in.write(data)
@@ -321,7 +347,7 @@ class PushWatcher:
         *,
         idle_refresh: float | None = None,
         rescan: float = 5.0,
-        debounce: float = 0.02,
+        debounce: float = 0.005,
         status_interval: float = 60.0,
         use_notify: bool = True,
         sync_on_connect: bool = True,
@@ -351,6 +377,9 @@ class PushWatcher:
         self._wake: asyncio.Event | None = None
         self._stopping = False
         self._gate: asyncio.Semaphore | None = None
+        self._scratch = memoryview(bytearray(_SCRATCH))  # every read of every connection lands here
+        self._since_trim = 0  # connections opened since the C heap was last trimmed
+        self._trim_timer: asyncio.TimerHandle | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self.rescans = 0  # completed looks at the accounts table (tests wait on it)
@@ -534,12 +563,15 @@ class PushWatcher:
             try:
                 assert self._gate is not None
                 async with self._gate:  # a thousand accounts do not all log in at the same instant
-                    target = await asyncio.to_thread(self._target, w.account_id)
-                    if target is None:
-                        self._park(w)
-                        return
-                    wire, session = await self._open(w, target)
-                    del target  # the password lives no longer than the login
+                    try:
+                        target = await asyncio.to_thread(self._target, w.account_id)
+                        if target is None:
+                            self._park(w)
+                            return
+                        wire, session = await self._open(w, target)
+                        del target  # the password lives no longer than the login
+                    finally:
+                        self._connected_one()
                 await self._idle(w, wire, session)
             except _Rejected as exc:
                 log.warning("push: account %s: %s; stopped watching, syncing once", w.account_id, exc)
@@ -568,6 +600,21 @@ class PushWatcher:
                 if wire is not None:
                     wire.close()
                 self._set_live(w, False)
+
+    def _connected_one(self) -> None:
+        """Trim the C heap once a burst of connects is over (see `_trim_c_heap`)."""
+        self._since_trim += 1
+        if self._since_trim < _TRIM_AFTER:
+            return
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+        assert self._loop is not None
+        self._trim_timer = self._loop.call_later(_TRIM_QUIET, self._trim)
+
+    def _trim(self) -> None:
+        self._trim_timer = None
+        self._since_trim = 0
+        _trim_c_heap()
 
     def _target(self, account_id: str) -> _Target | None:
         """Config and password from the database (runs in a worker thread: decrypts, resolves)."""
@@ -609,7 +656,8 @@ class PushWatcher:
         deadline = loop.time() + self.timeout
         w.state = "connecting"
         transport, wire = await asyncio.wait_for(
-            loop.create_connection(lambda: _Wire(loop), target.address, target.port), self.timeout
+            loop.create_connection(lambda: _Wire(loop, self._scratch), target.address, target.port),
+            self.timeout,
         )
         try:
             sock = transport.get_extra_info("socket")
@@ -858,6 +906,30 @@ def _capabilities(line: bytes) -> frozenset[bytes]:
 
 def _quote_bytes(raw: bytes) -> bytes:
     return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+_TRIM_AFTER = 64  # connects in a burst before the C heap is trimmed once it is over ...
+_TRIM_QUIET = 1.0  # ... that is, when no connect has finished for this many seconds
+
+
+def _trim_c_heap() -> None:
+    """Give the C heap's free pages back to the OS after a burst of connects (glibc only).
+
+    A connect allocates and frees short-lived blocks (responses, capability sets, SQL rows) among
+    the few that a watch keeps, so glibc keeps the freed space and the process's RSS with it:
+    measured over 1,000 plaintext watches, 12-13 KB of RSS per account without this, ~7.6 KB
+    with it (Python's own heap: 4.4 KB per account). No-op where there is no `malloc_trim`."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc(0)
+
+
+_libc: Any = None
 
 
 def _keepalive(sock: socket.socket) -> None:
