@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import json
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -350,3 +355,34 @@ def test_a_change_during_a_sync_gets_a_follow_up_run(
     raw = make_message(40)
     dovecot.deliver_lmtp(mail_user.email, raw)
     wait_until(lambda: mid(raw) in message_rows(s.rt.db, account), "mail delivered mid-sync stored", 120)
+
+
+def test_watch_runs_as_its_own_process(tmp_path: Path, dovecot: Dovecot, mail_user: MailUser) -> None:
+    """`inboxlink watch`: the watcher and a scheduler that syncs only what push reports."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INBOXLINK_")}
+    env.update(INBOXLINK_HOME=str(tmp_path / "home"), INBOXLINK_ALLOW_PRIVATE_HOSTS="1")
+    cli = [sys.executable, "-m", "inboxlink.cli"]
+    args = ["pair", "imap", "--email", mail_user.email, "--imap-host", mail_user.host, "--imap-port"]
+    args += [str(mail_user.port), "--username", mail_user.email, "--security", "none", "--password-stdin"]
+    paired = subprocess.run(
+        [*cli, *args, "--json"], input=mail_user.password + "\n", capture_output=True, text=True, env=env
+    )
+    assert paired.returncode == 0, paired.stderr
+    account = json.loads(paired.stdout)["id"]
+    log = (tmp_path / "watch.log").open("wb")
+    proc = subprocess.Popen([*cli, "watch"], env=env, stdout=log, stderr=log)
+    rt = Runtime.open(Settings(home=tmp_path / "home", allow_private_hosts=True))
+    try:
+        # the watch's first IDLE triggers the first sync: nothing here polls
+        wait_until(lambda: rt.accounts.get(account).status == "connected", "first sync by the watch process")
+        raw = make_message(50)
+        dovecot.deliver_lmtp(mail_user.email, raw)
+        wait_until(
+            lambda: mid(raw) in message_rows(rt.db, account), "pushed mail stored by the watch process"
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        log.close()
+        rt.close()
+    assert code == 0, (tmp_path / "watch.log").read_text()
