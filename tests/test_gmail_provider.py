@@ -111,6 +111,9 @@ def test_sync_labels_as_placements_incremental_and_expired_history(
 ) -> None:
     box = sim.mailbox(account.email)
     with sim.state.lock:
+        # the generated mailbox depends on the (random) address: make sure some mail has two labels
+        inbox_ids = sorted(m.id for m in box.messages.values() if "INBOX" in m.label_ids)[:3]
+        box.modify(inbox_ids, [box.ensure_user_label("Projects").id], [])
         multi = [m.id for m in box.messages.values() if len(mapping.placements(m.label_ids)) > 1]
         archived = [m.id for m in box.messages.values() if mapping.placements(m.label_ids) == {"ARCHIVE"}]
     assert multi, "the seeded mailbox has messages in several labels"
