@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from inboxlink.config import Settings
 from inboxlink.providers.imap.provider import ImapConfig
@@ -386,3 +386,26 @@ def test_watch_runs_as_its_own_process(tmp_path: Path, dovecot: Dovecot, mail_us
         log.close()
         rt.close()
     assert code == 0, (tmp_path / "watch.log").read_text()
+
+
+def test_an_account_whose_server_has_no_idle_is_not_watched(
+    serve: Callable[..., Served], dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    s = serve()
+    account = s.pair(mail_user)
+    s.wait_watching(account)
+    s.wait_quiet(account)  # a running sync would record the real server's IDLE again
+    # What pairing and every sync record for a server that does not advertise IDLE (the session's
+    # Dovecot cannot stop offering it for one test): the watch goes, the account is polled instead.
+    with s.rt.db.engine.begin() as conn:
+        caps = dict(
+            conn.execute(select(accounts.c.capabilities).where(accounts.c.id == account)).scalar_one()
+        )
+        conn.execute(
+            update(accounts).where(accounts.c.id == account).values(capabilities=caps | {"idle": False})
+        )
+    s.watcher.rescan_now()
+    wait_until(lambda: s.watch(account) is None, "watch stopped")
+    wait_until(lambda: _sessions(dovecot, mail_user) == 0, "IMAP session closed")
+    s.wait_rescans(3)
+    assert s.watch(account) is None and account not in s.watcher.live()
