@@ -18,6 +18,7 @@ then runs `SyncEngine.sync` `--runs` times in this process, each on a fresh INBO
 
 Also printed: the process CPU (`resource.getrusage`) and the wall time of each run, and the load
 average before it (wall times only mean something when it is low; CPU seconds hold up better).
+`--fetch-only` times `ImapProvider.fetch` alone over every message (thread CPU and wall per run).
 `--profile FILE` writes a cProfile of the last run's main thread (pstats format, thread CPU time).
 `--replay` serves every timed run's FETCH from what the warm-up run downloaded (kept in memory): no
 Dovecot and no socket in the timed runs, so their wall time is this process's critical path alone.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import functools
+import importlib
 import os
 import resource
 import shutil
@@ -48,9 +50,10 @@ except ImportError:  # not installed: run from the source tree
 
 from inboxlink.config import Settings
 from inboxlink.crm import linking
+from inboxlink.domain import FetchParts
 from inboxlink.outbound import events
 from inboxlink.providers.imap import provider as imap_provider
-from inboxlink.providers.imap.provider import ImapConfig
+from inboxlink.providers.imap.provider import ConnectOptions, ImapConfig
 from inboxlink.runtime import Runtime
 from inboxlink.store import blobs, mailstore
 from inboxlink.sync import engine
@@ -137,6 +140,26 @@ def instrument() -> None:
     events.emit_many = _timed("  events", events.emit_many)
 
 
+def fetch_only(config: ImapConfig, args: argparse.Namespace) -> int:
+    parts = FetchParts.HEADERS if args.headers_only else FetchParts.FULL
+    cpus: list[float] = []
+    for run in range(args.runs + 1):
+        provider = imap_provider.ImapProvider(config, PASSWORD, ConnectOptions(allow_private_hosts=True))
+        provider.verify()
+        refs = [ref for stream in provider.streams() for ref in provider.changes(stream, None, 10**9).upserts]
+        c0, w0, count = time.thread_time(), time.perf_counter(), 0
+        for chunk in provider.fetch(refs, parts):
+            count += len(chunk)
+        cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
+        provider.close()
+        label = "warm-up" if run == 0 else f"run {run}"
+        print(f"{label}: {count} msgs, fetch thread CPU {cpu:.2f} s, wall {wall:.2f} s")
+        if run:
+            cpus.append(cpu)
+    print(f"median fetch CPU {statistics.median(cpus):.2f} s ({min(cpus):.2f}–{max(cpus):.2f})")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20000)
@@ -145,9 +168,20 @@ def main() -> int:
     parser.add_argument("--headers-only", action="store_true")
     parser.add_argument("--profile", type=Path, help="cProfile of the last run's main thread")
     parser.add_argument("--replay", action="store_true", help="timed runs replay the warm-up's FETCH")
+    parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for the runs (s)")
+    parser.add_argument(
+        "--toggle",
+        action="append",
+        default=[],
+        metavar="MODULE:NAME",
+        help="A/B: flip this module-level boolean before every timed run (runs alternate A, B, ...)",
+    )
+    parser.add_argument("--fetch-only", action="store_true", help="time ImapProvider.fetch alone")
     parser.add_argument("--no-instrument", action="store_true", help="wall and process CPU only")
     args = parser.parse_args()
     global _replaying
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     if args.replay:
         record_or_replay()
     if not args.no_instrument:
@@ -158,15 +192,24 @@ def main() -> int:
         config = ImapConfig(
             email=user.email, imap_host=user.host, imap_port=user.port, username=user.email, security="none"
         )
+        if args.fetch_only:
+            return fetch_only(config, args)
         walls: list[float] = []
         cpus: list[float] = []
         per_stage: dict[str, list[float]] = defaultdict(list)
+        by_variant: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for run in range(args.runs + 1):  # run 0 warms Dovecot's index and cache files up, untimed
             home = Path(tempfile.mkdtemp(prefix="bench-stages-", dir=SCRATCH))
             try:
                 rt = Runtime.open(Settings(home=home, allow_private_hosts=True))
                 account = rt.accounts.pair_imap(config, PASSWORD).id
                 _replaying = args.replay and run > 0
+                variant = ""
+                for spec in args.toggle:
+                    module, _, name = spec.partition(":")
+                    target = importlib.import_module(module)
+                    setattr(target, name, not getattr(target, name))
+                    variant += f" {name}={getattr(target, name)}"
                 _cpu.clear()
                 _wall.clear()
                 load = os.getloadavg()[0]
@@ -186,7 +229,7 @@ def main() -> int:
             finally:
                 shutil.rmtree(home, ignore_errors=True)
             assert report.status == "connected", report
-            label = "warm-up" if run == 0 else f"run {run}"
+            label = ("warm-up" if run == 0 else f"run {run}") + variant
             stages = "  ".join(f"{k.strip()} {_cpu[k]:.2f}/{_wall[k]:.2f}" for k in sorted(_cpu))
             print(
                 f"{label}: {report.fetched} msgs, wall {wall:.2f} s, CPU {cpu:.2f} s, load {load:.2f}"
@@ -194,6 +237,7 @@ def main() -> int:
                 flush=True,
             )
             if run:
+                by_variant[variant].append((wall, cpu))
                 walls.append(wall)
                 cpus.append(cpu)
                 for k in _cpu:
@@ -202,6 +246,14 @@ def main() -> int:
             f"median wall {statistics.median(walls):.2f} s ({min(walls):.2f}–{max(walls):.2f}), "
             f"CPU {statistics.median(cpus):.2f} s ({min(cpus):.2f}–{max(cpus):.2f})"
         )
+        if args.toggle:
+            for variant, values in by_variant.items():
+                w = sorted(v[0] for v in values)
+                c = sorted(v[1] for v in values)
+                print(
+                    f" {variant}: wall min {w[0]:.2f} median {statistics.median(w):.2f}, "
+                    f"CPU min {c[0]:.2f} median {statistics.median(c):.2f} ({len(w)} runs)"
+                )
         for k in sorted(per_stage):
             print(f"  {k:<10} CPU median {statistics.median(per_stage[k]):.2f} s")
     return 0

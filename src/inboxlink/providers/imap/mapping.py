@@ -77,7 +77,21 @@ def is_selectable(attributes: Iterable[bytes]) -> bool:
     return not ({b"\\noselect", b"\\nonexistent"} & lowered)
 
 
+_FLAG_SETS: dict[tuple[bytes | str, ...], frozenset[str]] = {}
+
+
 def flags_from_wire(flags: Iterable[bytes | str]) -> frozenset[str]:
+    if isinstance(flags, tuple):  # a mailbox has a handful of distinct flag lists: remember them
+        found = _FLAG_SETS.get(flags)
+        if found is None:
+            if len(_FLAG_SETS) >= 1024:
+                _FLAG_SETS.clear()
+            found = _FLAG_SETS[flags] = _flags_from_wire(flags)
+        return found
+    return _flags_from_wire(flags)
+
+
+def _flags_from_wire(flags: Iterable[bytes | str]) -> frozenset[str]:
     out = set()
     for f in flags:
         s = f.decode("utf-8", "replace") if isinstance(f, bytes) else f
@@ -176,7 +190,54 @@ def parse_internaldate(value: bytes) -> datetime | None:
         return None
 
 
+# What Dovecot answers to our bulk FETCH, in this order: one match instead of five searches.
+_ITEMS_USUAL = re.compile(rb'UID (\d+) FLAGS \(([^)]*)\) INTERNALDATE "([^"]+)" RFC822\.SIZE (\d+) ?$')
+_DATES: dict[bytes, datetime | None] = {}
+_ZONES: dict[bytes, timezone] = {}
+
+
+def _internaldate(value: bytes) -> datetime | None:
+    """`parse_internaldate`, remembered (a mailbox imported at once shares many dates); the usual
+    shape parsed by slicing, with the time zone objects shared."""
+    found = _DATES.get(value, _DATES)
+    if found is not _DATES:
+        return found  # type: ignore[return-value]
+    date: datetime | None = None
+    if len(value) == 26 and value[2:3] == b"-" and value[6:7] == b"-" and value[21:22] in (b"+", b"-"):
+        zone = value[21:]
+        tz = _ZONES.get(zone)
+        try:
+            if tz is None:
+                tz = _ZONES[zone] = timezone(
+                    timedelta(hours=int(zone[1:3]), minutes=int(zone[3:5])) * (-1 if zone[:1] == b"-" else 1)
+                )
+            date = datetime(
+                int(value[7:11]),
+                _MONTHS[value[3:6].lower()],
+                int(value[:2]),
+                int(value[12:14]),
+                int(value[15:17]),
+                int(value[18:20]),
+                tzinfo=tz,
+            )
+        except (ValueError, KeyError):
+            date = parse_internaldate(value)
+    else:
+        date = parse_internaldate(value)
+    if len(_DATES) >= 4096:
+        _DATES.clear()
+    _DATES[value] = date
+    return date
+
+
 def _items(text: bytes, out: dict[bytes, Any]) -> bool:
+    usual = _ITEMS_USUAL.fullmatch(text)
+    if usual is not None:
+        out[b"UID"] = int(usual.group(1))
+        out[b"FLAGS"] = tuple(usual.group(2).split())
+        out[b"INTERNALDATE"] = _internaldate(usual.group(3))
+        out[b"RFC822.SIZE"] = int(usual.group(4))
+        return True
     uid = _ITEM_UID.search(text)
     if uid is None:
         return False

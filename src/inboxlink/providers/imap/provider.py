@@ -614,6 +614,10 @@ def _read_fetch(imap: imaplib.IMAP4, tag: bytes) -> list[Any]:
 
 
 def _first_body(data: dict[bytes, Any]) -> bytes | None:
+    for key in (b"BODY[]", b"BODY[HEADER]"):  # what our bulk FETCHes ask for: no loop over the items
+        value = data.get(key)
+        if type(value) is bytes:
+            return value
     for key, value in data.items():
         if key.startswith((b"BODY[", b"RFC822")) and key != b"RFC822.SIZE":
             if value is None:
