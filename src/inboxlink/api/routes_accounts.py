@@ -4,26 +4,19 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, SecretStr
 
 from inboxlink.accounts import AccountView
+from inboxlink.api.deps import RuntimeDep, ViewerDep
 from inboxlink.crm.access import Viewer, access_account
 from inboxlink.errors import Conflict
 from inboxlink.providers.imap.provider import ImapConfig
 from inboxlink.runtime import Runtime
 
 router = APIRouter(tags=["accounts"])
-
-
-def get_runtime(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
-
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 class ImapPairing(BaseModel):
@@ -93,14 +86,6 @@ class SyncOut(BaseModel):
     fetched: int
     fetched_bytes: int
     seconds: float
-
-
-def get_viewer(request: Request) -> Viewer:
-    viewer: Viewer = request.state.viewer
-    return viewer
-
-
-ViewerDep = Annotated[Viewer, Depends(get_viewer)]
 
 
 def _guard(rt: Runtime, viewer: Viewer, account_id: str) -> None:

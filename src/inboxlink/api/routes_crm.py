@@ -7,10 +7,11 @@ import secrets
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, insert, select
 
+from inboxlink.api.deps import RuntimeDep, ViewerDep
 from inboxlink.crm import linking, search, timeline
 from inboxlink.crm import settings as crm_settings
 from inboxlink.crm.access import Viewer, token_hash
@@ -23,20 +24,6 @@ from inboxlink.sync.state import now
 router = APIRouter(tags=["crm"])
 
 RecordType = Literal["person", "company", "deal"]
-
-
-def get_runtime(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
-
-
-def get_viewer(request: Request) -> Viewer:
-    viewer: Viewer = request.state.viewer
-    return viewer
-
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-ViewerDep = Annotated[Viewer, Depends(get_viewer)]
 
 
 def _system_only(viewer: Viewer, what: str) -> None:

@@ -16,7 +16,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from inboxlink.api.routes_accounts import AccountOut, RuntimeDep
+from inboxlink.api.deps import RuntimeDep
+from inboxlink.api.routes_accounts import AccountOut
 from inboxlink.auth.scopes import catalog
 
 router = APIRouter(tags=["oauth"])

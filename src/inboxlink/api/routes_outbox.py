@@ -5,28 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from inboxlink.crm.access import Viewer
+from inboxlink.api.deps import RuntimeDep, ViewerDep
 from inboxlink.outbound.outbox import SendRequest
-from inboxlink.runtime import Runtime
 
 router = APIRouter(tags=["outbox"])
-
-
-def get_runtime(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
-
-
-def get_viewer(request: Request) -> Viewer:
-    viewer: Viewer = request.state.viewer
-    return viewer
-
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-ViewerDep = Annotated[Viewer, Depends(get_viewer)]
 
 
 class RecordRef(BaseModel):

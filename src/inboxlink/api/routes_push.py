@@ -37,7 +37,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from inboxlink.api.routes_accounts import RuntimeDep
+from inboxlink.api.deps import RuntimeDep
 from inboxlink.api.routes_oauth import _require_api_token
 from inboxlink.auth.secrets import SecretBox, register_secret
 from inboxlink.config import Settings

@@ -25,8 +25,6 @@ where) and linked at once: to the records it was sent from (rule `sent`) and by 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -52,6 +50,7 @@ from inboxlink.providers.base import MailProvider, SendingProvider
 from inboxlink.store import mailstore
 from inboxlink.store.db import Database
 from inboxlink.store.schema import accounts, folders, messages, outbox, records
+from inboxlink.sync.holders import holder_is_dead, new_holder
 from inboxlink.sync.policy import backoff_seconds
 from inboxlink.sync.prepare import prepare_batch
 from inboxlink.sync.state import now, transition
@@ -117,7 +116,7 @@ class OutboxService:
     def __init__(self, db: Database, open_provider: Any, *, on_queued: Any = None) -> None:
         self.db = db
         self.open_provider = open_provider  # account id -> MailProvider (AccountService.open_provider)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = new_holder()
         self.on_queued = on_queued  # callable(outbox_id, when) that schedules a send (the task queue)
 
     # -- writing drafts -----------------------------------------------------------------------------
@@ -474,15 +473,13 @@ class OutboxService:
 
     def recover(self) -> int:
         """Sends whose process died (claim expired, or its pid gone): decide by their phase."""
-        from inboxlink.sync.engine import _holder_is_dead
-
         at = now()
         with self.db.engine.connect() as conn:
             rows = conn.execute(select(outbox).where(outbox.c.status == "sending")).all()
         fixed = 0
         for row in rows:
             expired = _aware(row.claimed_until) is None or _aware(row.claimed_until) < at  # type: ignore[operator]
-            if row.claimed_by == self.owner or not (expired or _holder_is_dead(row.claimed_by or "")):
+            if row.claimed_by == self.owner or not (expired or holder_is_dead(row.claimed_by or "")):
                 continue
             with self.db.engine.begin() as conn:
                 if row.phase != "data":

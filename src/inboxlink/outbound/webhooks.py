@@ -48,7 +48,6 @@ import hmac
 import http.client
 import json
 import logging
-import os
 import random
 import secrets
 import socket
@@ -73,6 +72,7 @@ from inboxlink.errors import Conflict, InboxlinkError, NotFound, ValidationError
 from inboxlink.outbound import events
 from inboxlink.store.db import Database
 from inboxlink.store.schema import event_outbox, webhook_deliveries, webhook_endpoints
+from inboxlink.sync.holders import holder_is_dead, new_holder
 
 log = logging.getLogger(__name__)
 
@@ -443,7 +443,7 @@ class Deliverer:
         self.db = db
         self.box = box
         self.options = options
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = new_holder()
 
     def deliver_due(
         self, *, now: datetime | None = None, only: Sequence[int] | None = None
@@ -562,7 +562,7 @@ class Deliverer:
         for row in candidates:
             if row.lease_until is None or _aware(row.lease_until) < at:
                 claimable.append((row.id, d.c.lease_until.is_(None) | (d.c.lease_until < at)))
-            elif row.lease_owner and _holder_is_dead(row.lease_owner):
+            elif row.lease_owner and holder_is_dead(row.lease_owner):
                 claimable.append((row.id, d.c.lease_owner == row.lease_owner))
             # else another live process is sending it right now
         if not claimable:
@@ -822,21 +822,6 @@ class WebhookLoop:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def _holder_is_dead(owner: str) -> bool:
-    """True when `owner` ("host:pid:nonce") names a process of this machine that no longer runs."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _now() -> datetime:

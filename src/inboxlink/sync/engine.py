@@ -32,12 +32,9 @@ import contextlib
 import gc
 import json
 import logging
-import os
 import queue
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -53,6 +50,7 @@ from inboxlink.providers.base import MailProvider
 from inboxlink.store import mailstore
 from inboxlink.store.db import Database
 from inboxlink.store.schema import accounts
+from inboxlink.sync.holders import holder_is_dead, new_holder
 from inboxlink.sync.policy import backoff_seconds
 from inboxlink.sync.prepare import Prepared, PreparePool, prepare_batch
 from inboxlink.sync.state import SYNCABLE, now, transition
@@ -110,22 +108,6 @@ class _Run:
 _DONE = object()
 
 
-def _holder_is_dead(owner: str) -> bool:
-    """True when `owner` ("host:pid:nonce") names a process of this machine that no longer runs.
-    Holders on other machines are left to their lease expiry."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 AfterSync = Callable[[str, MailProvider], None]
 
 
@@ -143,7 +125,7 @@ class SyncEngine:
         # Upkeep of a mailbox that needs the open provider (push subscriptions, labels: sync/upkeep.py):
         # called after each successful run, still under the lease; it handles its own failures.
         self.after_sync = after_sync
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = new_holder()
         self._pool = PreparePool(prepare_workers) if prepare_workers > 0 else None
 
     def close(self) -> None:
@@ -167,7 +149,7 @@ class SyncEngine:
             if res.rowcount:
                 return True
             holder = conn.execute(select(accounts.c.lease_owner).where(accounts.c.id == account_id)).scalar()
-            if holder and _holder_is_dead(holder):
+            if holder and holder_is_dead(holder):
                 # A process on this machine that died holding the lease (kill -9, crash): take it over.
                 res = conn.execute(
                     update(accounts)
