@@ -14,8 +14,9 @@
          │                                         normal path records auth_error; the watch stops
          │                                         and is never retried with the same credentials
          │                                                                         │ OK
-         │                 server offers NOTIFY ── yes ──> NOTIFY SET (personal (...))   every folder
-         │                       └──────────────── no ───> EXAMINE INBOX (+ STATUS Sent, periodic)
+         │                                                            EXAMINE INBOX
+         │                 server offers NOTIFY ── yes ──> NOTIFY SET (selected (...)) (personal (...))
+         │                       └──────────────── no ───> (STATUS of Sent, periodic)
          │                                                                         v
          │     first IDLE of a connection: trigger one sync (what changed while    IDLE <────────────┐
          │     nobody watched is unknown)                                            │               │
@@ -27,18 +28,22 @@
          └── BACKOFF (exponential, equal jitter, capped) <── EOF, * BYE, reset, timeout, TLS error,
                                                              an unexpected NO / BAD
 
-Why NOTIFY (RFC 5465) when offered: Dovecot 2.3 offers it, and `NOTIFY SET (personal (MessageNew
-MessageExpunge FlagChange MailboxName))` with no mailbox selected reports changes in *every*
-folder (Sent included) as `* STATUS` lines during IDLE, on one connection. Measured against the
-alternatives (docs/architecture.md, "Push"): Dovecot holds ~680 KB per NOTIFY session against ~795
-KB for IDLE on a selected INBOX, so two connections (INBOX + Sent) would cost the server ~1.6 MB and
-the client twice; IDLE on INBOX plus a periodic STATUS of Sent (the fallback here, for servers
-without NOTIFY) sees Sent only every `status_interval` seconds.
+Why NOTIFY (RFC 5465) when offered: Dovecot 2.3 offers it, and `personal (MessageNew
+MessageExpunge FlagChange MailboxName)` reports changes in *every* folder (Sent included) as
+`* STATUS` lines during IDLE, on one connection. Two connections (INBOX + Sent) would cost the
+server ~1.6 MB per account (~795 KB per IDLE session, measured) and the client twice; IDLE on INBOX
+plus a periodic STATUS of Sent (the fallback here, for servers without NOTIFY) sees Sent only every
+`status_interval` seconds. Why INBOX is also selected: Dovecot 2.3.19 stops telling a `personal`
+watcher about a mailbox once that mailbox's transaction log rotates (>= 32 KB and >= 5 min old),
+and its 30 s `mailbox_idle_check_interval` poll then finds the changes; a selected mailbox keeps
+being watched (measured, docs/architecture.md "Push"). So INBOX rides the selected-mailbox watch
+(`* n EXISTS`), the other folders `personal`, at ~115 KB more per session on the server than
+NOTIFY alone.
 
 Why not aioimaplib: 2.0.3 recurses per response line and hangs past ~1,000 lines, and holds ~19.5 KB
 per idle connection. Why not asyncio's own TLS either: `create_connection(ssl=...)` and
 `start_tls` put asyncio's SSLProtocol under the socket, which allocates a 256 KiB read buffer per
-connection (CPython 3.11 `SSLProtocol.max_size`). `_Wire` is a bare `asyncio.Protocol` that does
+connection (CPython 3.11 `SSLProtocol.max_size`). `_Wire` is a bare `asyncio.BufferedProtocol` that does
 TLS itself with an `ssl.SSLObject` over two `MemoryBIO`s: what OpenSSL needs and nothing more, and
 STARTTLS is the same code path. No task per connection besides the watch itself: timeouts are
 `call_later` handles on the one future a watch may wait on.
@@ -89,7 +94,12 @@ _STABLE_SECONDS = 60.0  # a connection that lasted this long resets the backoff
 _CHANGE_WORDS = frozenset({b"EXISTS", b"EXPUNGE", b"FETCH", b"STATUS", b"VANISHED", b"LIST"})
 _LITERAL = re.compile(rb"\{(\d+)\+?\}\r?\n$")
 _CODE = re.compile(rb"\[([A-Z-]+)")
-_NOTIFY = b"NOTIFY SET (personal (MessageNew MessageExpunge FlagChange MailboxName))"
+# INBOX selected (EXAMINE) and watched as such, every other folder through `personal`: see the
+# module docstring for why INBOX must not rely on `personal` alone.
+_NOTIFY = (
+    b"NOTIFY SET (selected (MessageNew MessageExpunge FlagChange))"
+    b" (personal (MessageNew MessageExpunge FlagChange MailboxName))"
+)
 
 Trigger = Callable[[str], None]
 
@@ -678,16 +688,14 @@ class PushWatcher:
             session.condstore = b"CONDSTORE" in caps or b"QRESYNC" in caps
             if b"IDLE" not in caps:
                 raise _Unwatchable("the server no longer offers IDLE")
-            w.mode = ""
+            status, text = await session.command(b"EXAMINE INBOX")  # read-only: \Seen never changes
+            if status != b"OK":
+                raise _Dropped(f"EXAMINE INBOX failed: {_text(text)}")
+            w.mode = "idle"
             if self.use_notify and b"NOTIFY" in caps:
                 status, _ = await session.command(_NOTIFY, on_untagged=lambda _line: self._changed(w))
                 if status == b"OK":
                     w.mode = "notify"
-            if not w.mode:
-                status, text = await session.command(b"EXAMINE INBOX")
-                if status != b"OK":
-                    raise _Dropped(f"EXAMINE INBOX failed: {_text(text)}")
-                w.mode = "idle"
             return wire, session
         except BaseException:
             wire.close()
