@@ -138,6 +138,10 @@ def instrument() -> None:
     mailstore.put_placements = _timed("  place", mailstore.put_placements)
     linking.link_messages = _timed("  link", linking.link_messages)
     events.emit_many = _timed("  events", events.emit_many)
+    # the run's bookkeeping outside the pipeline
+    for name in ("header_only_refs", "restart_folders_with_headers_only", "count_messages"):
+        if hasattr(mailstore, name):
+            setattr(mailstore, name, _timed(f"end:{name}", getattr(mailstore, name)))
 
 
 def fetch_only(config: ImapConfig, args: argparse.Namespace) -> int:
