@@ -235,3 +235,27 @@ def test_headers_only_then_full(rt: Runtime, dovecot: Dovecot, mail_user: MailUs
         rows = conn.execute(select(messages.c.headers_only)).all()
     assert not any(r.headers_only for r in rows)
     assert_in_sync(rt, account, mail_user)
+
+
+def test_a_dropped_connection_is_closed_not_leaked(dovecot: Dovecot, mail_user: MailUser) -> None:
+    """The server kicks the session mid-use: the next call is a TransientError and the dead socket
+    is closed at once (pytest -W error turns a socket left to the garbage collector into a failure)."""
+    import gc
+
+    from inboxlink.providers.imap.provider import ConnectOptions, ImapProvider
+
+    provider = ImapProvider(
+        ImapConfig(email=mail_user.email, imap_host=mail_user.host, imap_port=mail_user.port,
+                   username=mail_user.email, security="none"),
+        mail_user.password,
+        ConnectOptions(allow_private_hosts=True, timeout=10),
+    )  # fmt: skip
+    provider.verify()
+    sock = provider._client._imap.sock  # type: ignore[union-attr]
+    dovecot.doveadm("kick", mail_user.email)
+    with pytest.raises(TransientError, match="lost during"):
+        for _ in range(3):  # the kick may land between two calls
+            provider.folders()
+    assert sock.fileno() == -1  # closed by us, not by the collector
+    provider.close()
+    gc.collect()

@@ -201,6 +201,11 @@ class ImapProvider:
         try:
             return fn(*args, **kwargs)
         except (TimeoutError, OSError, imaplib.IMAP4.abort) as exc:
+            # the connection is unusable: close its socket now (no LOGOUT, it would only wait on
+            # a dead peer), rather than leave it to the garbage collector
+            if self._client is not None:
+                with contextlib.suppress(Exception):
+                    self._client.shutdown()
             self._client = None
             self._selected = None
             raise TransientError(
