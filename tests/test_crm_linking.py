@@ -450,3 +450,29 @@ def test_search_index_trails_ingest_in_the_background(
     dovecot.deliver_lmtp(mail_user.email, mail("a@b.example", mail_user.email, "kiwi late")[0])
     team.sync(team.c.get("/api/v1/accounts").json()[0]["id"])
     assert len(team.c.get("/api/v1/search", params={"q": "kiwi"}).json()["results"]) == 4  # caught up first
+
+
+def test_bulk_import_links_past_mail_in_one_pass(team: Team, dovecot: Dovecot, mail_user: MailUser) -> None:
+    """More than a handful of domains and tokens take the single-pass re-link path."""
+    me = mail_user.email
+    expected: dict[str, str] = {}
+    for i in range(12):
+        raw, mid = mail(f"buyer@sub.co{i}.example", me, f"order [K-{i}]" if i % 2 else "order",
+                        body=f"see K-{i}\n" if i % 2 == 0 else "thanks\n")  # fmt: skip
+        dovecot.deliver_lmtp(me, raw)
+        expected[f"co{i}"] = mid
+    team.sync(team.pair(mail_user))
+    batch = [{"type": "company", "name": f"Co {i}", "domains": [f"co{i}.example"], "external_id": f"c{i}"}
+             for i in range(12)]  # fmt: skip
+    batch += [
+        {"type": "deal", "name": f"K {i}", "token": f"K-{i}", "external_id": f"k{i}"} for i in range(12)
+    ]
+    ids = team.c.post("/api/v1/records:import", json={"records": batch}).json()["ids"]
+    for i in range(12):
+        company = by_mid(team.timeline("company", ids[i]))
+        assert set(company) == {expected[f"co{i}"]}
+        assert f"is at co{i}.example" in company[expected[f"co{i}"]]["evidence"]
+        deal = by_mid(team.timeline("deal", ids[12 + i]))
+        assert set(deal) == {expected[f"co{i}"]}
+        where = "subject" if i % 2 else "body"
+        assert deal[expected[f"co{i}"]]["evidence"].endswith(f"in the {where}")

@@ -78,6 +78,7 @@ _NO_REPLY = re.compile(
     re.IGNORECASE,
 )
 _MAX_THREAD_ROUNDS = 8
+_FEW = 8  # re-linking this many domains/tokens scans per value; more (a bulk import) scans once
 # Links a person made (chose in the review queue, sent from a record): re-linking never removes them.
 USER_RULES = ("manual", "sent")
 _IN = 500  # ids per IN (...) list
@@ -718,22 +719,32 @@ def _candidates(conn: Connection, record_ids: Sequence[str]) -> set[int]:
                 select(message_addresses.c.message_id).where(message_addresses.c.email.in_(chunk))
             )
         )
-    for k in keys:
-        if k.kind == "domain":
+    domains = {k.value for k in keys if k.kind == "domain"}
+    if len(domains) <= _FEW:
+        for domain in sorted(domains):
             found.update(
                 x.message_id
                 for x in conn.execute(
                     select(message_addresses.c.message_id).where(
                         or_(
-                            message_addresses.c.email.like(f"%@{k.value}"),
-                            message_addresses.c.email.like(f"%.{k.value}"),
+                            message_addresses.c.email.like(f"%@{domain}"),
+                            message_addresses.c.email.like(f"%.{domain}"),
                         )
                     )
                 )
             )
-    for r in rows:
-        if r.type == "deal" and r.token:
-            pattern = f"%{r.token}%"
+    else:  # a bulk import: one pass over the addresses instead of a scan per domain
+        for x in conn.execute(select(message_addresses.c.message_id, message_addresses.c.email)):
+            d = x.email.rpartition("@")[2]
+            while d:
+                if d in domains:
+                    found.add(x.message_id)
+                    break
+                d = d.partition(".")[2]
+    tokens = {r.token.upper() for r in rows if r.type == "deal" and r.token}
+    if len(tokens) <= _FEW:
+        for token in sorted(tokens):
+            pattern = f"%{token}%"
             found.update(
                 x.id
                 for x in conn.execute(
@@ -742,6 +753,12 @@ def _candidates(conn: Connection, record_ids: Sequence[str]) -> set[int]:
                     )
                 )
             )
+    else:  # one pass over subjects and bodies, matching every token at once
+        for msg in conn.execute(select(messages.c.id, messages.c.subject, messages.c.text_body)):
+            for text in (msg.subject, msg.text_body):
+                if text and any(m.group(1).upper() in tokens for m in _TOKEN_CANDIDATE.finditer(text)):
+                    found.add(msg.id)
+                    break
     return found
 
 
