@@ -557,8 +557,8 @@ def test_serve_delivers_account_changes(settings: Settings, mail_user: MailUser,
                 "security": "none",
             },
         ).json()
-        got = receiver.wait_for(2)  # the scheduler syncs the new account; the loop delivers
+        got = receiver.wait_for(3)  # paired; the scheduler syncs the new account; the loop delivers
     assert all(r.verified for r in got)
-    changes = sorted((r.json["data"]["from"], r.json["data"]["to"]) for r in got)
-    assert changes == [("pending", "syncing"), ("syncing", "connected")]
+    changes = sorted((r.json["data"]["from"] or "", r.json["data"]["to"]) for r in got)
+    assert changes == [("", "pending"), ("pending", "syncing"), ("syncing", "connected")]
     assert {r.json["data"]["account_id"] for r in got} == {paired["id"]}

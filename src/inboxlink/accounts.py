@@ -16,13 +16,12 @@ scopes are asked for (incremental consent). `open_provider` gives Gmail adapters
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 
 from inboxlink.auth.oauth import GoogleOAuth, GoogleTokenSource, Grant, TokenSet
 from inboxlink.auth.scopes import Permissions, catalog
@@ -37,7 +36,7 @@ from inboxlink.providers.imap.smtp import check_smtp
 from inboxlink.store import mailstore
 from inboxlink.store.db import Database
 from inboxlink.store.schema import account_transitions, accounts, folders
-from inboxlink.sync.state import SYNCABLE, now, transition
+from inboxlink.sync.state import SYNCABLE, open_account, transition
 from inboxlink.sync.upkeep import Upkeep
 
 
@@ -139,7 +138,6 @@ class AccountService:
         )
         capabilities = {**caps.server_facts(), "can_send": smtp_error is None, "smtp_error": smtp_error}
         secret = self.box.encrypt({"password": password})
-        at = now()
         with self.db.engine.begin() as conn:
             if existing is not None:
                 conn.execute(
@@ -157,32 +155,15 @@ class AccountService:
                 transition(conn, existing.id, AccountStatus.PENDING, "re-paired", user_action=True)
                 new_id = existing.id
             else:
-                new_id = uuid.uuid4().hex[:16]
-                conn.execute(
-                    insert(accounts).values(
-                        id=new_id,
-                        provider="imap",
-                        email=identity.email,
-                        display_name=identity.display_name,
-                        status=AccountStatus.PENDING.value,
-                        status_reason="paired",
-                        status_at=at,
-                        config=config.to_dict(),
-                        secret=secret,
-                        capabilities=capabilities,
-                        sync_mode="headers" if headers_only else "full",
-                        created_at=at,
-                        failures=0,
-                    )
-                )
-                conn.execute(
-                    insert(account_transitions).values(
-                        account_id=new_id,
-                        from_status=None,
-                        to_status=AccountStatus.PENDING.value,
-                        reason="paired",
-                        at=at,
-                    )
+                new_id = open_account(
+                    conn,
+                    provider="imap",
+                    email=identity.email,
+                    display_name=identity.display_name,
+                    config=config.to_dict(),
+                    secret=secret,
+                    capabilities=capabilities,
+                    sync_mode="headers" if headers_only else "full",
                 )
         return self.get(new_id)
 
@@ -280,7 +261,6 @@ class AccountService:
         }
         sync_mode = "full" if cat.works("google", "read_mail", tokens.scopes) else "headers"
         secret = self.box.encrypt(tokens.to_secret())
-        at = now()
         if existing is not None:
             added = [f for f in features if f not in existing.config.get("features", [])]
             with self.db.engine.begin() as conn:
@@ -301,33 +281,16 @@ class AccountService:
                 reason = f"re-paired (enabled {', '.join(added)})" if added else "re-paired"
                 transition(conn, existing.id, AccountStatus.PENDING, reason, user_action=True)
             return self.get(existing.id), False
-        new_id = uuid.uuid4().hex[:16]
         with self.db.engine.begin() as conn:
-            conn.execute(
-                insert(accounts).values(
-                    id=new_id,
-                    provider="gmail",
-                    email=grant.identity.email,
-                    display_name=grant.identity.name,
-                    status=AccountStatus.PENDING.value,
-                    status_reason="paired",
-                    status_at=at,
-                    config=config,
-                    secret=secret,
-                    capabilities=capabilities,
-                    sync_mode=sync_mode,
-                    created_at=at,
-                    failures=0,
-                )
-            )
-            conn.execute(
-                insert(account_transitions).values(
-                    account_id=new_id,
-                    from_status=None,
-                    to_status=AccountStatus.PENDING.value,
-                    reason="paired",
-                    at=at,
-                )
+            new_id = open_account(
+                conn,
+                provider="gmail",
+                email=grant.identity.email,
+                display_name=grant.identity.name,
+                config=config,
+                secret=secret,
+                capabilities=capabilities,
+                sync_mode=sync_mode,
             )
         return self.get(new_id), True
 

@@ -17,9 +17,10 @@ after its creation, give or take those few seconds in other processes.
 Event types and their `data` (the receiver gets ``{"id", "type", "created_at", "data"}``; times are
 ISO 8601 in UTC; ids are strings except message ids, which are integers):
 
-``account.status_changed`` (emitted by `sync.state.transition`)
+``account.status_changed`` (emitted by `sync.state.transition` and `sync.state.open_account`)
     ``{"account_id", "email", "from", "to", "reason", "at"}`` — from/to are account statuses
-    (pending, syncing, connected, auth_error, connect_error, unsupported, disconnected).
+    (pending, syncing, connected, auth_error, connect_error, unsupported, disconnected); ``from``
+    is null for a newly paired account.
 ``message.created`` (a message stored for the first time)
     ``{"account_id", "id", "message_id", "subject", "from": {"email", "name"}, "date"}`` — ``id`` is
     inboxlink's message id, ``message_id`` the RFC 5322 Message-ID without angle brackets.

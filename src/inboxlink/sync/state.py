@@ -18,7 +18,9 @@ changed); one with the same reason is not.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
@@ -70,9 +72,42 @@ def transition(conn: Connection, account_id: str, to: S, reason: str, *, user_ac
         .where(accounts.c.id == account_id)
         .values(status=to.value, status_reason=reason, status_at=at)
     )
+    _record(conn, account_id, row.email, current, to, reason, at)
+    return True
+
+
+def open_account(conn: Connection, *, provider: str, email: str, **values: Any) -> str:
+    """Insert a newly paired account in `pending` and record that first transition (from nothing)
+    like every later one: a row in `account_transitions` and an `account.status_changed` event."""
+    account_id = uuid.uuid4().hex[:16]
+    at = now()
+    conn.execute(
+        insert(accounts).values(
+            id=account_id,
+            provider=provider,
+            email=email,
+            status=S.PENDING.value,
+            status_reason="paired",
+            status_at=at,
+            created_at=at,
+            failures=0,
+            **values,
+        )
+    )
+    _record(conn, account_id, email, None, S.PENDING, "paired", at)
+    return account_id
+
+
+def _record(
+    conn: Connection, account_id: str, email: str, current: S | None, to: S, reason: str, at: datetime
+) -> None:
     conn.execute(
         insert(account_transitions).values(
-            account_id=account_id, from_status=current.value, to_status=to.value, reason=reason, at=at
+            account_id=account_id,
+            from_status=current.value if current else None,
+            to_status=to.value,
+            reason=reason,
+            at=at,
         )
     )
     events.emit(
@@ -80,11 +115,10 @@ def transition(conn: Connection, account_id: str, to: S, reason: str, *, user_ac
         events.ACCOUNT_STATUS_CHANGED,
         {
             "account_id": account_id,
-            "email": row.email,
-            "from": current.value,
+            "email": email,
+            "from": current.value if current else None,
             "to": to.value,
             "reason": reason,
             "at": at,
         },
     )
-    return True
