@@ -143,15 +143,26 @@ def access_message(conn: Connection, viewer: Viewer, message_id: int) -> Level:
     return level
 
 
-def best_copies(conn: Connection, viewer: Viewer, message_ids: Iterable[int]) -> dict[str, tuple[int, Level]]:
-    """Group message rows into one entry per RFC Message-ID (rows without one stand alone) and pick,
-    for each, the copy the viewer sees best. Entries the viewer may not see are left out."""
+def entry_keys(conn: Connection, message_ids: Iterable[int]) -> dict[int, str]:
+    """message row -> the key of its timeline entry: its RFC Message-ID, or the row alone."""
     ids = sorted(set(message_ids))
     keys: dict[int, str] = {}
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
         for r in conn.execute(select(messages.c.id, messages.c.message_id).where(messages.c.id.in_(chunk))):
             keys[r.id] = r.message_id or f"row:{r.id}"
+    return keys
+
+
+def best_copies(
+    conn: Connection, viewer: Viewer, message_ids: Iterable[int], keys: dict[int, str] | None = None
+) -> dict[str, tuple[int, Level]]:
+    """Group message rows into one entry per RFC Message-ID (rows without one stand alone) and pick,
+    for each, the copy the viewer sees best. Entries the viewer may not see are left out. `keys`:
+    `entry_keys` of these rows when the caller has them already."""
+    ids = sorted(set(message_ids))
+    if keys is None:
+        keys = entry_keys(conn, ids)
     levels = message_levels(conn, viewer, ids)
     groups: dict[str, list[tuple[Level, int]]] = defaultdict(list)
     for mid in ids:

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, select, text
 
 from inboxlink.crm.access import Level, Viewer, best_copies, message_levels
+from inboxlink.crm.timeline import summaries
 from inboxlink.errors import ValidationError
 from inboxlink.store.schema import message_addresses, messages, search_state
 from inboxlink.sync.state import now
@@ -150,38 +151,6 @@ def search(conn: Connection, viewer: Viewer, q: str, *, limit: int = 50, offset:
     levels = message_levels(conn, viewer, sorted(hits))
     allowed = [mid for mid, needed in hits.items() if levels.get(mid, Level.NONE) >= needed]
     best = best_copies(conn, viewer, allowed)
-    chosen = {mid: level for mid, level in best.values()}
-    rows: list[Any] = []
-    ids = sorted(chosen)
-    for i in range(0, len(ids), 500):
-        rows.extend(
-            conn.execute(
-                select(
-                    messages.c.id,
-                    messages.c.message_id,
-                    messages.c.subject,
-                    messages.c.date,
-                    messages.c.internal_date,
-                    messages.c.from_email,
-                    messages.c.from_name,
-                    messages.c.snippet,
-                ).where(messages.c.id.in_(ids[i : i + 500]), messages.c.deleted_at.is_(None))
-            ).all()
-        )
-    rows.sort(key=lambda r: (str(r.date or r.internal_date or ""), r.id), reverse=True)
-    results = []
-    for r in rows[offset : offset + limit]:
-        level = chosen[r.id]
-        when = r.date or r.internal_date
-        results.append(
-            {
-                "id": r.id,
-                "message_id": r.message_id,
-                "date": when.isoformat() if when else None,
-                "from": {"email": r.from_email, "name": r.from_name} if r.from_email else None,
-                "subject": r.subject if level >= Level.SUBJECT else None,
-                "snippet": r.snippet if level >= Level.EVERYTHING else None,
-                "visibility": level.name.lower(),
-            }
-        )
+    rows = summaries(conn, {mid: level for mid, level in best.values()})
+    results = [summary for _when, _id, summary in rows[offset : offset + limit]]
     return {"results": results, "total": len(rows), "offset": offset, "limit": limit}

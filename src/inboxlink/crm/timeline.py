@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from inboxlink.crm import records as crm_records
-from inboxlink.crm.access import Level, Viewer, access_message, best_copies
+from inboxlink.crm.access import Level, Viewer, access_message, best_copies, entry_keys
 from inboxlink.errors import NotFound, ValidationError
 from inboxlink.mime.parse import parse_many
 from inboxlink.mime.quotes import fold_quotes
@@ -72,19 +72,33 @@ def timeline(
         .where(links.c.record_id.in_(record_ids), messages.c.deleted_at.is_(None))
     ):
         reasons[lk.message_id].append((lk.rule, lk.evidence, lk.record_id))
-    best = best_copies(conn, viewer, reasons)
+    key_of = entry_keys(conn, reasons)
+    best = best_copies(conn, viewer, reasons, key_of)
     # every copy's reasons count for the entry: gather them by RFC Message-ID
-    key_of: dict[int, str] = {}
-    for i in range(0, len(reasons), 500):
-        chunk = list(reasons)[i : i + 500]
-        for k in conn.execute(select(messages.c.id, messages.c.message_id).where(messages.c.id.in_(chunk))):
-            key_of[k.id] = k.message_id or f"row:{k.id}"
     entry_reasons: dict[str, set[tuple[str, str, str]]] = defaultdict(set)
     for mid, rs in reasons.items():
         entry_reasons[key_of.get(mid, f"row:{mid}")].update(rs)
-    rows: dict[int, Any] = {}
-    chosen = [mid for mid, _level in best.values()]
-    for i in range(0, len(chosen), 500):
+    chosen = {mid: (key, level) for key, (mid, level) in best.items()}
+    entries = []
+    for _when, mid, summary in summaries(conn, {mid: level for mid, (_key, level) in chosen.items()}):
+        why = sorted(entry_reasons[chosen[mid][0]], key=lambda x: (RULE_ORDER.get(x[0], 9), x[2], x[1]))
+        entries.append(summary | _why(why, names))
+    page = entries[offset : offset + limit]
+    return {"entries": page, "total": len(entries), "offset": offset, "limit": limit}
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def summaries(
+    conn: Connection, levels: dict[int, Level]
+) -> list[tuple[datetime | None, int, dict[str, Any]]]:
+    """One line per message row, as much as its level shows, newest first: what timeline entries
+    and search results have in common. Rows deleted meanwhile are left out."""
+    ids = sorted(levels)
+    out = []
+    for i in range(0, len(ids), 500):
         for r in conn.execute(
             select(
                 messages.c.id,
@@ -97,39 +111,36 @@ def timeline(
                 messages.c.recipients,
                 messages.c.snippet,
                 messages.c.attachments,
-            ).where(messages.c.id.in_(chosen[i : i + 500]))
+            ).where(messages.c.id.in_(ids[i : i + 500]), messages.c.deleted_at.is_(None))
         ):
-            rows[r.id] = r
-    entries = []
-    for key, (mid, level) in best.items():
-        r = rows[mid]
-        why = sorted(entry_reasons[key], key=lambda x: (RULE_ORDER.get(x[0], 9), x[2], x[1]))
-        entries.append((r.date or r.internal_date, mid, _entry(r, level, why, names)))
+            level = levels[r.id]
+            recipients = r.recipients or {}
+            when = r.date or r.internal_date
+            out.append(
+                (
+                    _aware(when) if when else None,
+                    r.id,
+                    {
+                        "id": r.id,
+                        "message_id": r.message_id,
+                        "date": _dt(when),
+                        "from": {"email": r.from_email, "name": r.from_name} if r.from_email else None,
+                        "to": [{"email": e, "name": n} for e, n in recipients.get("to", [])],
+                        "cc": [{"email": e, "name": n} for e, n in recipients.get("cc", [])],
+                        "visibility": level.name.lower(),
+                        "subject": r.subject if level >= Level.SUBJECT else None,
+                        "snippet": r.snippet if level >= Level.EVERYTHING else None,
+                        "has_attachments": bool(r.attachments) if level >= Level.EVERYTHING else None,
+                    },
+                )
+            )
     oldest = datetime.min.replace(tzinfo=UTC)
-    entries.sort(key=lambda e: (_aware(e[0]) if e[0] else oldest, e[1]), reverse=True)
-    page = [e[2] for e in entries[offset : offset + limit]]
-    return {"entries": page, "total": len(entries), "offset": offset, "limit": limit}
+    out.sort(key=lambda e: (e[0] or oldest, e[1]), reverse=True)
+    return out
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _entry(
-    r: Any, level: Level, why: list[tuple[str, str, str]], names: dict[str, tuple[str, str]]
-) -> dict[str, Any]:
-    recipients = r.recipients or {}
-    entry: dict[str, Any] = {
-        "id": r.id,
-        "message_id": r.message_id,
-        "date": _dt(r.date or r.internal_date),
-        "from": {"email": r.from_email, "name": r.from_name} if r.from_email else None,
-        "to": [{"email": e, "name": n} for e, n in recipients.get("to", [])],
-        "cc": [{"email": e, "name": n} for e, n in recipients.get("cc", [])],
-        "visibility": level.name.lower(),
-        "subject": r.subject if level >= Level.SUBJECT else None,
-        "snippet": r.snippet if level >= Level.EVERYTHING else None,
-        "has_attachments": bool(r.attachments) if level >= Level.EVERYTHING else None,
+def _why(why: list[tuple[str, str, str]], names: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    return {
         "rule": why[0][0],
         "evidence": why[0][1],
         "reasons": [
@@ -145,7 +156,6 @@ def _entry(
             for rule, evidence, rec in why
         ],
     }
-    return entry
 
 
 def message_detail(conn: Connection, blobs: BlobStore, viewer: Viewer, message_id: int) -> dict[str, Any]:
