@@ -13,7 +13,6 @@ Huey is imported only when a queue is used: it adds ~0.3 s to every CLI command 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -45,7 +44,6 @@ class TaskQueue:
             "inboxlink", filename=str(settings.resolved_home / "tasks.db"), utc=True, immediate=False
         )
         self._consumer: Any = None
-        self._thread: threading.Thread | None = None
 
         @self.huey.task(name="send_outbox")  # type: ignore[untyped-decorator]
         def send_outbox(outbox_id: str) -> None:

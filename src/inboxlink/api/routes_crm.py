@@ -15,7 +15,7 @@ from inboxlink.api.deps import RuntimeDep, ViewerDep
 from inboxlink.crm import linking, search, timeline
 from inboxlink.crm import settings as crm_settings
 from inboxlink.crm.access import Viewer, token_hash
-from inboxlink.crm.records import RecordInput, normalize_email
+from inboxlink.crm.records import Record, RecordInput, normalize_email
 from inboxlink.errors import Forbidden, NotFound
 from inboxlink.runtime import Runtime
 from inboxlink.store.schema import blocklist, review_items, users
@@ -114,15 +114,16 @@ def list_records(
     return [r.to_dict() for r in rt.records.find(record_type, limit=limit, offset=offset, q=q)]
 
 
-def _typed(rt: Runtime, record_type: str, record_id: str) -> None:
-    if rt.records.get(record_id).type != record_type:
+def _typed(rt: Runtime, record_type: str, record_id: str) -> Record:
+    record = rt.records.get(record_id)
+    if record.type != record_type:
         raise NotFound(f"no {record_type} {record_id}")
+    return record
 
 
 @router.get("/records/{record_type}/{record_id}")
 def show_record(record_type: RecordType, record_id: str, rt: RuntimeDep) -> dict[str, Any]:
-    _typed(rt, record_type, record_id)
-    return rt.records.get(record_id).to_dict()
+    return _typed(rt, record_type, record_id).to_dict()
 
 
 @router.patch("/records/{record_type}/{record_id}")

@@ -341,7 +341,7 @@ def _may_create(f: MessageFacts, ix: Index, role: str, email: str) -> bool:
 # -- writing ----------------------------------------------------------------------------------------
 
 
-def _insert_links(conn: Connection, rows: Iterable[tuple[int, str, str, str]]) -> int:
+def insert_links(conn: Connection, rows: Iterable[tuple[int, str, str, str]]) -> int:
     """Insert links, keeping any that exist (the first reason found stays); returns how many are
     new. Each new link is a `message.linked` event when a webhook listens for it."""
     batch = list(rows)
@@ -396,9 +396,6 @@ def _announce(conn: Connection, new: list[tuple[int, str, str, str]]) -> None:
             if m in info
         ),
     )
-
-
-insert_links = _insert_links
 
 
 def _existing_links(conn: Connection, message_ids: Sequence[int]) -> dict[int, dict[str, str]]:
@@ -524,7 +521,7 @@ def _inherit(conn: Connection, facts: Sequence[MessageFacts], ix: Index) -> int:
                 rows.append(
                     (child, record, "thread", f"in the thread of <{pmid}>, which is on {_label(ix, record)}")
                 )
-    return _insert_links(conn, rows)
+    return insert_links(conn, rows)
 
 
 def _label(ix: Index, record: str) -> str:
@@ -554,7 +551,7 @@ def _deal_contacts(conn: Connection, facts: Sequence[MessageFacts], ix: Index) -
                 sorted(deals),
                 f"{', '.join(people)} {'has' if len(people) == 1 else 'have'} {len(deals)} open deals",
             )
-    _insert_links(conn, rows)
+    insert_links(conn, rows)
     _write_reviews(conn, out)
 
 
@@ -607,7 +604,7 @@ def link_messages(conn: Connection, facts: Sequence[MessageFacts]) -> None:
     for f in live:
         _direct(f, ix, out)
     _create_people(conn, out)
-    _insert_links(conn, ((m, r, rule, ev) for (m, r), (rule, ev) in out.links.items()))
+    insert_links(conn, ((m, r, rule, ev) for (m, r), (rule, ev) in out.links.items()))
     _write_reviews(conn, out)
     if out.created:
         ix = load_index(conn)
@@ -769,9 +766,9 @@ def relink_records(conn: Connection, record_ids: Sequence[str]) -> None:
 
 
 def forget_record(conn: Connection, record_id: str) -> None:
-    """A record was deleted (its links went with it): replies that only inherited it lose it too."""
+    """A record was deleted. Its links went with its row (the foreign key cascades, thread links
+    included); what is left is the open review questions that offered it."""
     bump(conn)
-    conn.execute(delete(links).where(links.c.record_id == record_id))
     stale = [
         r.id
         for r in conn.execute(
@@ -831,7 +828,7 @@ def resolve_review(conn: Connection, item_id: int, record_id: str | None, user: 
     conn.execute(
         delete(links).where(and_(links.c.message_id == item.message_id, links.c.record_id == record_id))
     )
-    _insert_links(
+    insert_links(
         conn, [(item.message_id, record_id, "manual", f"chosen in the review queue{by}: {item.reason}")]
     )
     conn.execute(

@@ -40,7 +40,6 @@ from inboxlink.errors import (
     InboxlinkError,
     NotFound,
     ProviderError,
-    SendRejected,
     TransientError,
     ValidationError,
 )
@@ -342,7 +341,7 @@ class OutboxService:
             with self.db.engine.begin() as conn:
                 transition(conn, row.account_id, AccountStatus.AUTH_ERROR, exc.message)
             return
-        except (SendRejected, ValidationError, NotFound, ProviderError) as exc:
+        except (ProviderError, ValidationError, NotFound) as exc:  # SendRejected among them
             self._fail(row, exc)
             return
         except Exception as exc:  # a bug: keep the row honest, then surface it
@@ -478,7 +477,8 @@ class OutboxService:
             rows = conn.execute(select(outbox).where(outbox.c.status == "sending")).all()
         fixed = 0
         for row in rows:
-            expired = _aware(row.claimed_until) is None or _aware(row.claimed_until) < at  # type: ignore[operator]
+            until = _aware(row.claimed_until)
+            expired = until is None or until < at
             if row.claimed_by == self.owner or not (expired or holder_is_dead(row.claimed_by or "")):
                 continue
             with self.db.engine.begin() as conn:
