@@ -108,3 +108,40 @@ def test_openapi_documents_the_routes(client: TestClient) -> None:
         "/api/v1/accounts/{account_id}/transitions",
     } <= set(spec["paths"])
     assert client.get("/docs").status_code == 200
+
+
+def test_account_messages_pages_through_the_mailbox(
+    client: TestClient, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    def mid(i: int) -> str:
+        return f"m{i}@pages.example"
+
+    dovecot.write_messages(mail_user.email, "INBOX", [make_message(i, msgid=f"<{mid(i)}>") for i in range(7)])
+    dovecot.write_messages(
+        mail_user.email, "Sent", [make_message(i, msgid=f"<{mid(i)}>") for i in range(7, 10)]
+    )
+    dovecot.doveadm("flags", "add", "-u", mail_user.email, "\\Seen", "mailbox", "INBOX", "uid", "2")
+    account = client.post("/api/v1/accounts", json=body_for(mail_user)).json()["id"]
+    assert client.post(f"/api/v1/accounts/{account}/sync").json()["messages"] == 10
+    seen: list[dict[str, object]] = []
+    after: int | None = 0
+    pages = 0
+    while after is not None:
+        page = client.get(f"/api/v1/accounts/{account}/messages", params={"after": after, "limit": 3})
+        assert page.status_code == 200, page.text
+        seen.extend(page.json()["messages"])
+        after = page.json()["next_after"]
+        pages += 1
+    assert pages == 4 and len({m["id"] for m in seen}) == 10, "keyset pages: each row once"
+    by_mid = {m["message_id"]: m for m in seen}
+    assert set(by_mid) == {mid(i) for i in range(10)}
+    second = by_mid[mid(1)]
+    assert second["placements"] == [{"folder": "INBOX", "remote_key": "2", "flags": ["\\Seen"]}]
+    assert second["from"]["email"] and second["subject"] and second["date"]
+    sent = client.get(f"/api/v1/accounts/{account}/messages", params={"folder": "Sent"}).json()
+    assert {m["message_id"] for m in sent["messages"]} == {mid(i) for i in range(7, 10)}
+    assert sent["next_after"] is None
+    missing = client.get(f"/api/v1/accounts/{account}/messages", params={"folder": "Nope"})
+    assert missing.status_code == 404
+    assert client.get(f"/api/v1/accounts/{account}/messages", params={"limit": 0}).status_code == 422
+    assert client.get("/api/v1/accounts/no-such/messages").status_code == 404

@@ -67,6 +67,14 @@ def test_pair_sync_accounts_contract(tmp_path: Path, dovecot: Dovecot, mail_user
     synced = json.loads(run(["sync", account, "--once", "--json"], env).stdout)
     assert synced["account"] == account and synced["status"] == "connected"
     assert synced["messages"] == 60 and synced["fetched_bytes"] > 0 and synced["seconds"] >= 0
+    listed = json.loads(run(["messages", account, "--json"], env).stdout)
+    ours: dict[str, dict[str, frozenset[str]]] = {}
+    for m in listed:
+        for p in m["placements"]:
+            ours.setdefault(p["folder"], {})[m["message_id"] or "?"] = frozenset(p["flags"])
+    assert len(listed) == 60 and ours == {k: v for k, v in server_state(mail_user).items() if v}
+    inbox = json.loads(run(["messages", account, "--folder", "INBOX", "--json"], env).stdout)
+    assert [m["id"] for m in inbox] == [m["id"] for m in listed], "all 60 are in INBOX, oldest first"
     assert paired["smtp_error"] and "2525" in paired["smtp_error"]
     shown = json.loads(run(["account", account, "--json"], env).stdout)
     caps = shown["capabilities"]

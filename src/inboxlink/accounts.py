@@ -35,7 +35,7 @@ from inboxlink.providers.imap.provider import ImapConfig
 from inboxlink.providers.imap.smtp import check_smtp
 from inboxlink.store import mailstore
 from inboxlink.store.db import Database
-from inboxlink.store.schema import account_transitions, accounts, folders
+from inboxlink.store.schema import account_transitions, accounts, folders, messages, placements
 from inboxlink.sync.state import SYNCABLE, open_account, transition
 from inboxlink.sync.upkeep import Upkeep
 
@@ -397,6 +397,86 @@ class AccountService:
                     select(folders).where(folders.c.account_id == account_id, folders.c.gone.is_(False))
                 )
             ]
+
+    def messages(
+        self, account_id: str, *, folder: str | None = None, after: int = 0, limit: int = 100
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """The account's messages (those still on the server), oldest row first, `limit` at a time:
+        keyset pages by row id, so a sync running meanwhile neither repeats nor skips a row. With
+        `folder` (a key from `folders`) only the messages placed there. Returns the page and the
+        `after` of the next page (None at the end)."""
+        from inboxlink.crm.timeline import iso_utc
+
+        self.get(account_id)
+        if not 1 <= limit <= 1000:
+            raise ValidationError("limit must be between 1 and 1000")
+        with self.db.engine.connect() as conn:
+            query = select(
+                messages.c.id,
+                messages.c.message_id,
+                messages.c.provider_id,
+                messages.c.thread_id,
+                messages.c.subject,
+                messages.c.from_email,
+                messages.c.from_name,
+                messages.c.recipients,
+                messages.c.date,
+                messages.c.internal_date,
+                messages.c.size,
+                messages.c.snippet,
+                messages.c.headers_only,
+                messages.c.parse_note,
+            ).where(
+                messages.c.account_id == account_id, messages.c.deleted_at.is_(None), messages.c.id > after
+            )
+            if folder is not None:
+                folder_id = conn.execute(
+                    select(folders.c.id).where(
+                        folders.c.account_id == account_id, folders.c.key == folder, folders.c.gone.is_(False)
+                    )
+                ).scalar()
+                if folder_id is None:
+                    raise NotFound(f"no folder {folder!r} in account {account_id}")
+                placed = select(placements.c.message_id).where(placements.c.folder_id == folder_id)
+                query = query.where(messages.c.id.in_(placed))
+            rows = conn.execute(query.order_by(messages.c.id).limit(limit + 1)).all()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            where: dict[int, list[dict[str, Any]]] = {r.id: [] for r in rows}
+            if rows:
+                for p in conn.execute(
+                    select(
+                        placements.c.message_id, folders.c.key, placements.c.remote_key, placements.c.flags
+                    )
+                    .join(folders, folders.c.id == placements.c.folder_id)
+                    .where(placements.c.message_id.in_(list(where)))
+                    .order_by(placements.c.message_id, folders.c.key)
+                ):
+                    flags = p.flags.split() if p.flags else []
+                    where[p.message_id].append({"folder": p.key, "remote_key": p.remote_key, "flags": flags})
+        page = []
+        for r in rows:
+            recipients = r.recipients or {}
+            page.append(
+                {
+                    "id": r.id,
+                    "message_id": r.message_id,
+                    "provider_id": r.provider_id,
+                    "thread_id": r.thread_id,
+                    "subject": r.subject,
+                    "from": {"email": r.from_email, "name": r.from_name} if r.from_email else None,
+                    "to": [{"email": e, "name": n} for e, n in recipients.get("to", [])],
+                    "cc": [{"email": e, "name": n} for e, n in recipients.get("cc", [])],
+                    "date": iso_utc(r.date),
+                    "internal_date": iso_utc(r.internal_date),
+                    "size": r.size,
+                    "snippet": r.snippet,
+                    "headers_only": bool(r.headers_only),
+                    "parse_note": r.parse_note,
+                    "placements": where[r.id],
+                }
+            )
+        return page, (rows[-1].id if more else None)
 
     # -- unpairing -----------------------------------------------------------------------------
     def unpair(self, account_id: str) -> AccountView:

@@ -1,8 +1,8 @@
 """The command line: decode arguments, call the services, print. Nothing else lives here.
 
 The commands and their JSON outputs are a stable contract (acceptance checks use them):
-`serve`, `watch`, `pair imap`, `sync ACCOUNT --once`, `accounts`, `account ACCOUNT`, `unpair ACCOUNT`,
-and from `cli_crm`: `records add`, `timeline TYPE ID`, `send ACCOUNT`.
+`serve`, `watch`, `pair imap`, `sync ACCOUNT --once`, `accounts`, `account ACCOUNT`, `messages ACCOUNT`,
+`unpair ACCOUNT`, and from `cli_crm`: `records add`, `timeline TYPE ID`, `send ACCOUNT`.
 Errors are one line on stderr ("error: <what went wrong>") and a non-zero exit.
 """
 
@@ -373,6 +373,35 @@ def show_account(
         out.print(
             f"  {t.at:%Y-%m-%d %H:%M:%S} {t.from_status or '-'} -> {t.to_status}: {t.reason}", markup=False
         )
+
+
+@app.command("messages")
+def list_messages(
+    account: Annotated[str, typer.Argument(help="account id")],
+    folder: Annotated[str | None, typer.Option(help="only this folder (its key, as IMAP names it)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON list")] = False,
+) -> None:
+    """The account's messages, oldest first, with their folders and flags."""
+    rows: list[dict[str, Any]] = []
+    with _runtime() as rt:
+        after: int | None = 0
+        while after is not None:
+            page, after = rt.accounts.messages(account, folder=folder, after=after, limit=1000)
+            rows.extend(page)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("id", "date", "from", "subject", "folders")
+    for m in rows:
+        sender = m["from"]
+        table.add_row(
+            str(m["id"]),
+            (m["date"] or "")[:16],
+            sender["email"] if sender else "",
+            m["subject"] or "",
+            " ".join(p["folder"] for p in m["placements"]),
+        )
+    out.print(table)
 
 
 @app.command()

@@ -1,12 +1,12 @@
-"""/api/v1/accounts: create (pair), list, show, transitions, folders, sync now, unpair."""
+"""/api/v1/accounts: create (pair), list, show, transitions, folders, messages, sync now, unpair."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field, SecretStr
 
 from inboxlink.accounts import AccountView
@@ -76,6 +76,40 @@ class FolderOut(BaseModel):
     name: str
     role: str
     synced_at: datetime | None
+
+
+class PersonOut(BaseModel):
+    email: str
+    name: str | None
+
+
+class PlacementOut(BaseModel):
+    folder: str = Field(description="the folder's key, as in /folders")
+    remote_key: str = Field(description="the message's key in that folder (IMAP: its UID)")
+    flags: list[str]
+
+
+class MessageOut(BaseModel):
+    id: int = Field(description="inboxlink's id: /api/v1/messages/{id} shows the whole message")
+    message_id: str | None = Field(description="the RFC 5322 Message-ID, without angle brackets")
+    provider_id: str
+    thread_id: str | None
+    subject: str | None
+    from_: PersonOut | None = Field(alias="from")
+    to: list[PersonOut]
+    cc: list[PersonOut]
+    date: str | None
+    internal_date: str | None
+    size: int | None
+    snippet: str | None
+    headers_only: bool
+    parse_note: str | None = Field(description="set when the message could not be read normally")
+    placements: list[PlacementOut]
+
+
+class MessagePage(BaseModel):
+    messages: list[MessageOut]
+    next_after: int | None = Field(description="pass as `after` for the next page; null: no more")
 
 
 class SyncOut(BaseModel):
@@ -195,6 +229,21 @@ def account_permissions(account_id: str, rt: RuntimeDep, viewer: ViewerDep) -> P
 def account_folders(account_id: str, rt: RuntimeDep, viewer: ViewerDep) -> list[FolderOut]:
     _guard(rt, viewer, account_id)
     return [FolderOut(**f) for f in rt.accounts.folders(account_id)]
+
+
+@router.get("/accounts/{account_id}/messages", response_model=MessagePage, response_model_by_alias=True)
+def account_messages(
+    account_id: str,
+    rt: RuntimeDep,
+    viewer: ViewerDep,
+    folder: Annotated[str | None, Query(max_length=512, description="only this folder (its key)")] = None,
+    after: Annotated[int, Query(ge=0, description="the `next_after` of the previous page")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> MessagePage:
+    """The mailbox's messages with their folders and flags, a page at a time (owner or operator)."""
+    _guard(rt, viewer, account_id)
+    page, next_after = rt.accounts.messages(account_id, folder=folder, after=after, limit=limit)
+    return MessagePage.model_validate({"messages": page, "next_after": next_after})
 
 
 @router.post("/accounts/{account_id}/sync", response_model=SyncOut)

@@ -35,7 +35,7 @@ RULE_ORDER = {
 }
 
 
-def _dt(value: datetime | None) -> str | None:
+def iso_utc(value: datetime | None) -> str | None:
     if value is None:
         return None
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
@@ -123,7 +123,7 @@ def summaries(
                     {
                         "id": r.id,
                         "message_id": r.message_id,
-                        "date": _dt(when),
+                        "date": iso_utc(when),
                         "from": {"email": r.from_email, "name": r.from_name} if r.from_email else None,
                         "to": [{"email": e, "name": n} for e, n in recipients.get("to", [])],
                         "cc": [{"email": e, "name": n} for e, n in recipients.get("cc", [])],
@@ -168,7 +168,7 @@ def message_detail(conn: Connection, blobs: BlobStore, viewer: Viewer, message_i
         "id": r.id,
         "message_id": r.message_id,
         "thread_id": r.thread_id,
-        "date": _dt(r.date or r.internal_date),
+        "date": iso_utc(r.date or r.internal_date),
         "from": {"email": r.from_email, "name": r.from_name} if r.from_email else None,
         **{
             role: [{"email": e, "name": n} for e, n in recipients.get(role, [])]
