@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
 from inboxlink.auth.oauth import GoogleOAuth, GoogleTokenSource, Grant, TokenSet
 from inboxlink.auth.scopes import Permissions, catalog
@@ -374,6 +374,24 @@ class AccountService:
                     accounts.c.provider == provider, func.lower(accounts.c.email) == email.strip().lower()
                 )
             ).all()
+        return [r.id for r in rows if AccountStatus(r.status) in SYNCABLE]
+
+    def syncable_imap_by_login(self, login: str, host: str | None = None) -> list[str]:
+        """Ids of the IMAP accounts that may sync and log in as `login` (`config.username`), or whose
+        address it is: a mail server's delivery hook names its own user, which is usually the login.
+        With `host`, only accounts on that IMAP host (one inboxlink may serve several servers whose
+        user names overlap). Case-insensitive; reads the plaintext config, no secret."""
+        login = login.strip().lower()
+        username = func.lower(accounts.c.config["username"].as_string())
+        query = select(accounts.c.id, accounts.c.status).where(
+            accounts.c.provider == "imap", or_(username == login, func.lower(accounts.c.email) == login)
+        )
+        if host is not None:
+            query = query.where(
+                func.lower(accounts.c.config["imap_host"].as_string()) == host.strip().lower()
+            )
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(query).all()
         return [r.id for r in rows if AccountStatus(r.status) in SYNCABLE]
 
     def transitions(self, account_id: str) -> list[Transition]:

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
         default=None,
         description="the ?token= of the Pub/Sub push endpoint URL; default: derived from the secret key",
     )
+    dovecot_push_token: SecretStr | None = Field(
+        default=None,
+        description="the ?token= of the Dovecot push_notification (OX driver) URL, PUT /push/dovecot; "
+        "default: derived from the secret key",
+    )
     gmail_quota_units_per_second: float = Field(
         default=250.0, gt=0, description="Gmail API quota units a mailbox may spend per second (Google: 250)"
     )

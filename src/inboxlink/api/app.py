@@ -16,6 +16,7 @@ from inboxlink.api import (
     routes_oauth,
     routes_outbox,
     routes_push,
+    routes_push_dovecot,
     routes_webhooks,
 )
 from inboxlink.config import Settings
@@ -116,4 +117,5 @@ def create_app(
     app.include_router(routes_crm.router, prefix="/api/v1", dependencies=[Depends(check_token)])
     app.include_router(routes_outbox.router, prefix="/api/v1", dependencies=[Depends(check_token)])
     app.include_router(routes_push.router)  # Pub/Sub cannot send our token: a secret in the URL instead
+    app.include_router(routes_push_dovecot.router)  # nor can Dovecot's OX driver: the same
     return app

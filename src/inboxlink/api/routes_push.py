@@ -34,7 +34,7 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from starlette.concurrency import run_in_threadpool
 
 from inboxlink.api.deps import RuntimeDep
@@ -59,14 +59,19 @@ class PushMalformed(ValidationError):
     http_status = 400
 
 
-def google_push_token(settings: Settings, box: SecretBox) -> str:
-    """The secret of this install's Google push endpoint (see the module docstring)."""
-    configured = settings.google_pubsub_push_token
-    token = configured.get_secret_value() if configured else box.derive(_GOOGLE_PURPOSE)
+def push_secret(configured: SecretStr | None, box: SecretBox, purpose: str) -> str:
+    """The secret of one push endpoint: the configured one, else derived from the secret key for
+    `purpose`; registered for redaction the first time it is made."""
+    token = configured.get_secret_value() if configured else box.derive(purpose)
     if token not in _registered:
         register_secret(token)
         _registered.add(token)
     return token
+
+
+def google_push_token(settings: Settings, box: SecretBox) -> str:
+    """The secret of this install's Google push endpoint (see the module docstring)."""
+    return push_secret(settings.google_pubsub_push_token, box, _GOOGLE_PURPOSE)
 
 
 def decode_gmail_notification(body: bytes) -> tuple[str, int]:
@@ -101,7 +106,7 @@ def decode_gmail_notification(body: bytes) -> tuple[str, int]:
     return email, history
 
 
-_ERROR = {
+ERROR_RESPONSE: dict[str, Any] = {
     "content": {
         "application/json": {
             "schema": {
@@ -153,8 +158,8 @@ _ENVELOPE: dict[str, Any] = {
     openapi_extra=_ENVELOPE,
     responses={
         204: {"description": "acknowledged: the mailbox's accounts will sync (none known: nothing)"},
-        400: {"description": "not a Pub/Sub push of a Gmail notification", **_ERROR},
-        403: {"description": "missing or wrong token", **_ERROR},
+        400: {"description": "not a Pub/Sub push of a Gmail notification", **ERROR_RESPONSE},
+        403: {"description": "missing or wrong token", **ERROR_RESPONSE},
     },
 )
 async def google_push(

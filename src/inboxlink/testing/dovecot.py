@@ -59,6 +59,11 @@ Mail goes in three ways:
 
 `change_uidvalidity` runs ``doveadm mailbox update --uid-validity``; a client sees the new
 UIDVALIDITY at its next SELECT.
+
+Delivery hooks: ``Dovecot(push_url=URL)`` loads the push_notification plugin (OX driver) into LMTP,
+which then PUTs ``{"user", "event": "messageNew", "folder": "INBOX", "imap-uid", ...}`` to URL
+for each delivery to the INBOX of a user registered with `register_push`, before LMTP answers the
+delivery (`inboxlink.api.routes_push_dovecot` describes the driver). Off by default.
 """
 
 from __future__ import annotations
@@ -91,6 +96,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "CONFIG_TEMPLATE",
+    "PUSH_REGISTRATION_KEY",
+    "PUSH_TEMPLATE",
     "SPECIAL_USE_FOLDERS",
     "Dovecot",
     "DovecotError",
@@ -175,10 +182,10 @@ default_client_limit = ${client_limit}
 protocol imap {
   mail_max_userip_connections = ${max_connections}
   imap_idle_notify_interval = ${idle_notify_interval}
-}
+${imap_push}}
 protocol lmtp {
   postmaster_address = postmaster@localhost
-}
+${lmtp_push}}
 
 service imap-login {
   inet_listener imap {
@@ -213,7 +220,20 @@ ${anvil_chroot}}
 service auth {
   client_limit = ${client_limit}
 }
+${push_notification}"""
+
+# What `Dovecot(push_url=...)` adds to the configuration (`_prepare` puts it in): Dovecot's
+# push_notification plugin with its OX driver in the LMTP processes, per-user attributes in a file in
+# the home (where the driver looks for a user's registration) and METADATA for IMAP clients (so a
+# client may register with SETMETADATA). Plugin settings are %-expanded: a literal % is written %%.
+PUSH_TEMPLATE = r"""mail_attribute_dict = file:%h/dovecot-attributes
+plugin {
+  push_notification_driver = ox:url=${url}
+}
 """
+_PUSH_IMAP = "  imap_metadata = yes\n"
+_PUSH_LMTP = "  mail_plugins = $mail_plugins notify push_notification\n"
+PUSH_REGISTRATION_KEY = "/private/vendor/vendor.dovecot/http-notify"
 
 
 class DovecotError(RuntimeError):
@@ -381,6 +401,9 @@ class Dovecot:
 
     `root` is the parent of the instance's temp dir (default: the system temp dir; a benchmark may
     pass /dev/shm). `max_connections` sizes the limits for that many concurrent IMAP sessions.
+    `push_url` turns on Dovecot's push_notification plugin with its OX driver, which PUTs a JSON
+    notification to that URL when LMTP delivers to the INBOX of a user registered with
+    `register_push` (see PUSH_TEMPLATE); None (the default) leaves the plugin off.
     """
 
     host = "127.0.0.1"
@@ -394,9 +417,15 @@ class Dovecot:
         separator: str = ".",
         start_timeout: float = 15.0,
         keep_dir: bool = False,
+        push_url: str | None = None,
     ) -> None:
         if separator not in {".", "/"}:
             raise ValueError("separator must be '.' or '/'")
+        if push_url is not None and (
+            not push_url.startswith(("http://", "https://")) or re.search(r"\s", push_url)
+        ):
+            raise ValueError(f"push_url must be an http(s) URL without spaces: {push_url!r}")
+        self.push_url = push_url
         self._root_parent = Path(root) if root is not None else None
         self.max_connections = max_connections
         self.idle_notify_interval = idle_notify_interval
@@ -543,6 +572,9 @@ class Dovecot:
                 f"default_login_user = {user}\n"
             )
             chroot = "  chroot =\n"
+        push = ""
+        if self.push_url:
+            push = string.Template(PUSH_TEMPLATE).substitute(url=self.push_url.replace("%", "%%"))
         config = string.Template(CONFIG_TEMPLATE).substitute(
             instance_name=f"inboxlink-{root.name}",
             base_dir=self.base_dir,
@@ -563,6 +595,9 @@ class Dovecot:
             login_processes=max(1, os.cpu_count() or 1),
             login_chroot=chroot,
             anvil_chroot=chroot,
+            imap_push=_PUSH_IMAP if self.push_url else "",
+            lmtp_push=_PUSH_LMTP if self.push_url else "",
+            push_notification=push,
         )
         self.config_path.write_text(config)
         self.config_path.chmod(0o644)
@@ -763,6 +798,29 @@ class Dovecot:
             uidvalidity = current + 1
         self.doveadm("mailbox", "update", "-u", user.email, "--uid-validity", str(uidvalidity), folder)
         return uidvalidity
+
+    # ------------------------------------------------------------------ push notifications
+
+    def register_push(self, email_address: str, value: str | None = None) -> None:
+        """Have the OX driver notify `push_url` of this user's deliveries.
+
+        The driver stays silent for a user until the server attribute PUSH_REGISTRATION_KEY holds
+        tab-separated key=value pairs with a `user` key (a registration without one is skipped
+        with an error in the log); what an IMAP client would do with ``SETMETADATA "" (KEY "user=…")``.
+        The notification then names the Dovecot user (this address), not the registered value.
+        """
+        if self.push_url is None:
+            raise DovecotError("push notifications are off: start Dovecot with push_url=...")
+        user = self.user(email_address)
+        registration = value if value is not None else f"user={user.email}"
+        self.doveadm(
+            "mailbox", "metadata", "set", "-u", user.email, "-s", "", PUSH_REGISTRATION_KEY, registration
+        )
+
+    def unregister_push(self, email_address: str) -> None:
+        """Stop the notifications of this user's deliveries (removes the registration)."""
+        user = self.user(email_address)
+        self.doveadm("mailbox", "metadata", "unset", "-u", user.email, "-s", "", PUSH_REGISTRATION_KEY)
 
     # ------------------------------------------------------------------ mail
 
