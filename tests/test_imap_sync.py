@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from inboxlink.config import Settings
 from inboxlink.domain import AccountStatus
@@ -259,3 +260,51 @@ def test_a_dropped_connection_is_closed_not_leaked(dovecot: Dovecot, mail_user: 
     assert sock.fileno() == -1  # closed by us, not by the collector
     provider.close()
     gc.collect()
+
+
+def test_a_reused_message_id_keeps_both_messages(rt: Runtime, dovecot: Dovecot, mail_user: MailUser) -> None:
+    """Two different messages with one Message-ID (broken mailers, spam) are two messages, each
+    with its own body; a copy of one (same bytes) stays one message in two folders; moving them
+    later downloads nothing."""
+    mid = "<reused@broken.example>"
+    first = make_message(1, msgid=mid, body="The first message.\n")
+    second = make_message(2, msgid=mid, body="A second, different message that reuses the id.\n")
+    dovecot.write_messages(mail_user.email, "INBOX", [first, second])
+    dovecot.create_folder(mail_user.email, "Archive")
+    dovecot.write_messages(mail_user.email, "Archive", [first])
+    account = pair(rt, mail_user)
+    report = rt.engine.sync(account)
+    assert (report.messages, report.fetched) == (2, 3)
+
+    def stored() -> dict[str, set[str]]:
+        """text body -> the folders holding it"""
+        with rt.db.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT m.text_body, f.key FROM messages m JOIN placements p ON p.message_id = m.id "
+                    "JOIN folders f ON f.id = p.folder_id WHERE m.account_id = :a AND m.deleted_at IS NULL"
+                ),
+                {"a": account},
+            ).all()
+        out: dict[str, set[str]] = {}
+        for body, folder in rows:
+            out.setdefault(body.strip(), set()).add(folder)
+        return out
+
+    assert stored() == {
+        "The first message.": {"INBOX", "Archive"},
+        "A second, different message that reuses the id.": {"INBOX"},
+    }
+    assert rt.engine.sync(account).fetched == 0
+    imap = imap_session(mail_user)
+    try:
+        imap.select("INBOX")
+        imap.uid("MOVE", "1:2", "Archive")
+    finally:
+        imap.logout()
+    moved = rt.engine.sync(account)
+    assert (moved.messages, moved.fetched) == (2, 0), "both are re-attached by id and size"
+    assert stored() == {
+        "The first message.": {"Archive"},
+        "A second, different message that reuses the id.": {"Archive"},
+    }

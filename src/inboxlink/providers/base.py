@@ -98,6 +98,14 @@ def provider_id_for_message_id(message_id: str | None, raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(head).hexdigest()[:40]
 
 
+def sized_provider_id(provider_id: str, size: int) -> str:
+    """The id of a message whose derived id (its Message-ID) an earlier, different message already
+    holds: broken mailers and spam reuse Message-IDs, and a second message must not overwrite the
+    first. The size the server reports tells them apart (copies of one message have the same bytes,
+    so the same size). A Message-ID ends in its domain, never in " #size=N", so none looks like this."""
+    return f"{provider_id} #size={size}"
+
+
 @runtime_checkable
 class SendingProvider(Protocol):
     """A mailbox that can send (IMAP+SMTP, Gmail, Graph, EWS). Optional beside `MailProvider`:

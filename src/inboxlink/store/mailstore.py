@@ -181,6 +181,7 @@ class KnownMessage:
     id: int
     headers_only: bool
     deleted: bool
+    size: int | None = None  # as the server reported it (IMAP: RFC822.SIZE)
 
 
 def messages_by_provider_id(conn: Connection, account_id: str, ids: Sequence[str]) -> dict[str, KnownMessage]:
@@ -191,11 +192,11 @@ def messages_by_provider_id(conn: Connection, account_id: str, ids: Sequence[str
     mark = "?" if conn.dialect.name == "sqlite" else "%s"
     for chunk in _chunks(unique):
         sql = (
-            "SELECT id, provider_id, headers_only, deleted_at FROM messages "
+            "SELECT id, provider_id, headers_only, deleted_at, size FROM messages "
             f"WHERE account_id = {mark} AND provider_id IN ({', '.join([mark] * len(chunk))})"
         )
-        for mid, pid, headers_only, deleted_at in conn.exec_driver_sql(sql, (account_id, *chunk)):
-            out[pid] = KnownMessage(mid, bool(headers_only), deleted_at is not None)
+        for mid, pid, headers_only, deleted_at, size in conn.exec_driver_sql(sql, (account_id, *chunk)):
+            out[pid] = KnownMessage(mid, bool(headers_only), deleted_at is not None, size)
     return out
 
 

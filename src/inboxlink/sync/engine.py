@@ -46,7 +46,7 @@ from inboxlink.crm import linking
 from inboxlink.domain import AccountStatus, ChangeSet, Cursor, FetchParts, MessageRef, RawMessage
 from inboxlink.errors import AuthError, CursorExpired, InboxlinkError, TransientError, UnsupportedServer
 from inboxlink.outbound import events
-from inboxlink.providers.base import MailProvider
+from inboxlink.providers.base import MailProvider, sized_provider_id
 from inboxlink.store import mailstore
 from inboxlink.store.db import Database
 from inboxlink.store.schema import accounts
@@ -372,14 +372,32 @@ class SyncEngine:
                     if text != pl.flags:
                         flag_updates.append((pl.id, text))
             mailstore.update_flags(conn, flag_updates)
+            derived: set[tuple[str, str]] = set()
             if new_refs and run.had_messages and any(r.provider_id is None for r in new_refs):
+                derived = {(r.folder, r.remote_key) for r in new_refs if r.provider_id is None}
                 new_refs = run.provider.identify(new_refs)
             attach: list[tuple[int, int, str, str]] = []
             revived: list[int] = []
             with_ids = [r.provider_id for r in new_refs if r.provider_id]
             known_msgs = mailstore.messages_by_provider_id(conn, run.account_id, with_ids) if with_ids else {}
+            # An id derived from the Message-ID whose stored message has another size names another
+            # message: look for the one stored under its sized id (`_split_reused_ids`).
+            resized: dict[tuple[str, str], str] = {}
             for ref in new_refs:
                 km = known_msgs.get(ref.provider_id or "")
+                if (
+                    (ref.folder, ref.remote_key) in derived
+                    and km is not None
+                    and not _same_size(km, ref.size)
+                ):
+                    assert ref.provider_id is not None and ref.size is not None
+                    resized[(ref.folder, ref.remote_key)] = sized_provider_id(ref.provider_id, ref.size)
+            if resized:
+                known_msgs.update(
+                    mailstore.messages_by_provider_id(conn, run.account_id, list(set(resized.values())))
+                )
+            for ref in new_refs:
+                km = known_msgs.get(resized.get((ref.folder, ref.remote_key), ref.provider_id or ""))
                 if km is None or (km.headers_only and run.parts is FetchParts.FULL):
                     to_fetch.append(ref)
                     continue
@@ -408,16 +426,18 @@ class SyncEngine:
         refs = sorted(refs, key=lambda r: position.get((r.folder, r.remote_key), -1))
         # A message known by id before the fetch (Gmail) and placed in several folders is
         # downloaded once; its other placements are written with it.
-        seen: set[str] = set()
-        also: dict[str, list[MessageRef]] = {}
+        # (By id and size: two messages may share a derived id, see `_split_reused_ids`.)
+        seen: set[tuple[str, int | None]] = set()
+        also: dict[tuple[str, int | None], list[MessageRef]] = {}
         unique: list[MessageRef] = []
         for ref in refs:
-            if ref.provider_id is None or ref.provider_id not in seen:
+            key = (ref.provider_id or "", ref.size)
+            if ref.provider_id is None or key not in seen:
                 unique.append(ref)
                 if ref.provider_id is not None:
-                    seen.add(ref.provider_id)
+                    seen.add(key)
             else:
-                also.setdefault(ref.provider_id, []).append(ref)
+                also.setdefault(key, []).append(ref)
         refs = unique
         total = len(refs)
         headers_only = run.parts is FetchParts.HEADERS
@@ -497,22 +517,23 @@ class SyncEngine:
         blob_refs: list[str],
         rows: list[Prepared],
         checkpoint: Cursor | None,
-        also: dict[str, list[MessageRef]] | None = None,
+        also: dict[tuple[str, int | None], list[MessageRef]] | None = None,
     ) -> None:
         at = now()
-        by_pid: dict[str, mailstore.NewMessage] = {}
-        placements_for: list[tuple[str, MessageRef, frozenset[str]]] = []
-        for raw, blob, row in zip(chunk, blob_refs, rows, strict=True):
-            pid = raw.provider_id or row[0]
-            # the same message twice in one chunk: one row, two placements
-            by_pid[pid] = mailstore.NewMessage(pid, row, blob, raw.internal_date, raw.size, raw.thread_id)
-            placements_for.append((pid, raw.ref, raw.flags))
-            for ref in (also or {}).get(raw.ref.provider_id or "", ()):
-                placements_for.append((pid, ref, ref.flags if ref.flags is not None else raw.flags))
-        new = list(by_pid.values())
         with self.db.engine.begin() as conn:
             self._renew(conn, run.account_id)
-            known = mailstore.messages_by_provider_id(conn, run.account_id, list(by_pid))
+            pids = [raw.provider_id or row[0] for raw, row in zip(chunk, rows, strict=True)]
+            known = mailstore.messages_by_provider_id(conn, run.account_id, pids)
+            pids = _split_reused_ids(conn, run.account_id, chunk, pids, known)
+            by_pid: dict[str, mailstore.NewMessage] = {}
+            placements_for: list[tuple[str, MessageRef, frozenset[str]]] = []
+            for raw, blob, row, pid in zip(chunk, blob_refs, rows, pids, strict=True):
+                # the same message twice in one chunk: one row, two placements
+                by_pid[pid] = mailstore.NewMessage(pid, row, blob, raw.internal_date, raw.size, raw.thread_id)
+                placements_for.append((pid, raw.ref, raw.flags))
+                for ref in (also or {}).get((raw.ref.provider_id or "", raw.ref.size), ()):
+                    placements_for.append((pid, ref, ref.flags if ref.flags is not None else raw.flags))
+            new = list(by_pid.values())
             ids = mailstore.write_messages(conn, run.account_id, new, known, at)
             flags_text = _flags_text
             mailstore.put_placements(
@@ -533,6 +554,36 @@ class SyncEngine:
                 mailstore.save_cursor(conn, folder_id, checkpoint, at)
         run.report.fetched += len(chunk)
         run.report.fetched_bytes += sum(len(r.raw) for r in chunk)
+
+
+def _same_size(known: mailstore.KnownMessage, size: int | None) -> bool:
+    return known.size is None or size is None or known.size == size
+
+
+def _split_reused_ids(
+    conn: Connection,
+    account_id: str,
+    chunk: Sequence[RawMessage],
+    pids: list[str],
+    known: dict[str, mailstore.KnownMessage],
+) -> list[str]:
+    """Ids for a chunk's messages, where an id derived from the Message-ID (the provider has none
+    of its own: `raw.provider_id` is None) that already names a message of another size becomes the
+    message's sized id: a second message reusing a Message-ID is stored beside the first, never over
+    it. Copies of one message (same bytes, same size) keep sharing one row. `known` gains the sized
+    ids already stored."""
+    sizes = {pid: k.size for pid, k in known.items()}
+    out = list(pids)
+    for i, raw in enumerate(chunk):
+        if raw.provider_id is not None or raw.size is None:
+            continue
+        first = sizes.setdefault(pids[i], raw.size)
+        if first is not None and first != raw.size:
+            out[i] = sized_provider_id(pids[i], raw.size)
+    extra = [pid for pid, base in zip(out, pids, strict=True) if pid != base]
+    if extra:
+        known.update(mailstore.messages_by_provider_id(conn, account_id, extra))
+    return out
 
 
 def _by_folder(
