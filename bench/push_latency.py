@@ -1,8 +1,9 @@
-"""Push (sync/push.py): how soon new mail reaches the timeline, and what a watched account costs.
+"""Push: how soon new mail reaches the timeline, and what a watched account costs.
 
-    python bench/push_latency.py [--messages 200] [--accounts 1000] [--small 100]
+    python bench/push_latency.py [--messages 200] [--accounts 1000] [--small 100] [--via both]
     python bench/push_latency.py --skip-memory          (latency only)
     python bench/push_latency.py --skip-latency         (memory only)
+    python bench/push_latency.py --via idle             (latency of one path: idle | dovecot-hook)
 
 (a) delivery -> timeline latency. A private Dovecot (inboxlink.testing.dovecot) with one user
     holding 200 realistic messages; `inboxlink pair imap` (plaintext on loopback, as the other
@@ -17,6 +18,19 @@
     `crm.timeline.timeline()` must list every delivered message. A second, raw connection of the
     same user in NOTIFY + IDLE (`NotifyProbe`) records when the server tells a client, which
     splits the median into the server's part and inboxlink's. Reported: p50, p90, p99, max.
+    That is the IMAP watchers' path (sync/push.py; `--via idle`, JSON key "latency").
+
+    `--via dovecot-hook` (JSON key "latency_dovecot_hook") measures Dovecot's delivery hook
+    (api/routes_push_dovecot.py) the same way, with the same delivery -> linked definition: the
+    private Dovecot runs with `push_url` (push_notification plugin, OX driver) pointed at serve's
+    PUT /push/dovecot with the token serve derives from its key (what GET /push/dovecot shows), the
+    user is registered (`register_push`), and serve runs with INBOXLINK_PUSH_ENABLED=0: no watcher,
+    so the hook alone brings mail in (no NotifyProbe; the server's-share keys are null). Dovecot
+    sends the hook inside the delivery, before LMTP answers, so a sync may already be under way
+    when `deliver_lmtp` returns: hence also `from_delivery_start_p50_ms` (from before the LMTP
+    call) and `lmtp_delivery_p50_ms`/`_p99_ms` (how long LMTP took; reported for both paths, it
+    shows what waiting for the hook's answer costs a delivery). `--via both` (the default) runs
+    the watchers' path, then the hook's, each with its own Dovecot and home.
 
 (b) client memory per watched account. `--accounts` Dovecot users, each paired (`pair_imap`,
     plaintext); Dovecot sized for them (`max_connections`), the kernel's inotify limit raised
@@ -158,17 +172,32 @@ class NotifyProbe(threading.Thread):
         return next((t for t in self.times if t >= t0), None)
 
 
-def measure_latency(count: int, pause: float, warmup: int) -> dict[str, Any]:
+def measure_latency(count: int, pause: float, warmup: int, via: str = "idle") -> dict[str, Any]:
+    """(a) for one path: `idle` (serve's IMAP watchers) or `dovecot-hook` (Dovecot's OX driver to
+    PUT /push/dovecot, serve without watchers)."""
+    from inboxlink.api.routes_push_dovecot import dovecot_push_token
     from inboxlink.config import Settings
     from inboxlink.crm.access import SYSTEM
     from inboxlink.crm.records import RecordInput, RecordService
     from inboxlink.crm.timeline import timeline
     from inboxlink.runtime import Runtime
 
+    hook = via == "dovecot-hook"
     home = Path(tempfile.mkdtemp(prefix="inboxlink-push-bench-", dir=SCRATCH))
-    env = env_for(home, INBOXLINK_SYNC_INTERVAL_SECONDS="1e9")
-    with Dovecot(root=SCRATCH) as dovecot:
+    port = free_ports(1)[0]
+    base_url = f"http://127.0.0.1:{port}"
+    env = env_for(home, INBOXLINK_SYNC_INTERVAL_SECONDS="1e9", INBOXLINK_PUBLIC_URL=base_url)
+    push_url = None
+    if hook:
+        env["INBOXLINK_PUSH_ENABLED"] = "0"  # no IMAP watchers: only the hook brings mail
+        # the URL GET /push/dovecot shows the operator (the same key: serve will use this home)
+        rt0 = Runtime.open(Settings(home=home, allow_private_hosts=True))
+        push_url = f"{base_url}/push/dovecot?token={dovecot_push_token(rt0.settings, rt0.box)}"
+        rt0.close()
+    with Dovecot(root=SCRATCH, push_url=push_url) as dovecot:
         user = dovecot.add_user("bench@inboxlink.test", PASSWORD)
+        if hook:
+            dovecot.register_push(user.email)
         dovecot.write_messages(user.email, "INBOX", list(mailgen.generate(200, seed=1, owner=user.email)))
         pair_args = ["pair", "imap", "--email", user.email, "--imap-host", user.host]
         pair_args += ["--imap-port", str(user.port), "--username", user.email, "--security", "none"]
@@ -183,7 +212,6 @@ def measure_latency(count: int, pause: float, warmup: int) -> dict[str, Any]:
         account = json.loads(pair.stdout)["id"]
         rt = Runtime.open(Settings(home=home, allow_private_hosts=True))
         person = RecordService(rt.db).create("person", RecordInput(name="Dana Customer", emails=[SENDER])).id
-        port = free_ports(1)[0]
         log = (home / "serve.log").open("wb")
         serve = subprocess.Popen([*CLI, "serve", "--port", str(port)], env=env, stdout=log, stderr=log)
         db = sqlite3.connect(f"file:{home / 'inboxlink.db'}?mode=ro", uri=True, isolation_level=None)
@@ -210,13 +238,18 @@ def measure_latency(count: int, pause: float, warmup: int) -> dict[str, Any]:
                 return str(db.execute("select status from accounts where id = ?", (account,)).fetchone()[0])
 
             def watched() -> bool:
+                if hook:
+                    return True  # nothing to wait for: Dovecot calls serve
                 out = dovecot.doveadm("who", "-1", user.email, check=False)
                 return any(line.startswith(user.email) for line in out.splitlines())
 
             wait(lambda: status() == "connected" and watched(), "first sync and watch")
-            probe = NotifyProbe(user.host, user.port, user.email, PASSWORD)
-            probe.start()
+            probe = None if hook else NotifyProbe(user.host, user.port, user.email, PASSWORD)
+            if probe is not None:
+                probe.start()
             latencies: list[float] = []
+            from_start: list[float] = []  # from the start of the LMTP delivery instead
+            deliveries: list[float] = []  # how long LMTP took (Dovecot waits for the hook's answer)
             server: list[float] = []
             slow: list[dict[str, Any]] = []  # deliveries over 1 s: whose fault?
             rng = random.Random(1)
@@ -225,6 +258,7 @@ def measure_latency(count: int, pause: float, warmup: int) -> dict[str, Any]:
                 # Random gaps: a fixed one phase-locks with the server's notification timer
                 # (Dovecot 2.3 reports a change 500 ms after it happens) and measures the lock.
                 time.sleep(pause * (0.5 + rng.random()))
+                started = time.perf_counter()
                 dovecot.deliver_lmtp(user.email, raw)
                 t0 = time.perf_counter()
                 deadline = t0 + 30.0
@@ -235,7 +269,9 @@ def measure_latency(count: int, pause: float, warmup: int) -> dict[str, Any]:
                 t1 = time.perf_counter()
                 if n >= warmup:
                     latencies.append(t1 - t0)
-                    told = probe.told_after(t0)
+                    from_start.append(t1 - started)
+                    deliveries.append(t0 - started)
+                    told = probe.told_after(t0) if probe is not None else None
                     if told is not None and told <= t1:
                         server.append(told - t0)
                     if t1 - t0 > 1.0:
@@ -249,7 +285,8 @@ def measure_latency(count: int, pause: float, warmup: int) -> dict[str, Any]:
             with rt.db.engine.connect() as conn:
                 shown = timeline(conn, SYSTEM, "person", person, limit=500)
             assert shown["total"] >= warmup + count, shown["total"]
-            probe.sock.close()
+            if probe is not None:
+                probe.sock.close()
         finally:
             serve.terminate()
             serve.wait(30)
@@ -260,6 +297,7 @@ def measure_latency(count: int, pause: float, warmup: int) -> dict[str, Any]:
     ms = [x * 1000 for x in latencies]
     server_ms = [x * 1000 for x in server]
     return {
+        "via": via,
         "server_notify_p50_ms": round(percentile(server_ms, 0.5), 1) if server_ms else None,
         "inboxlink_share_p50_ms": round(percentile(ms, 0.5) - percentile(server_ms, 0.5), 1)
         if server_ms
@@ -272,6 +310,9 @@ def measure_latency(count: int, pause: float, warmup: int) -> dict[str, Any]:
         "max_ms": round(max(ms), 1),
         "over_1s": slow,
         "mean_ms": round(statistics.fmean(ms), 1),
+        "from_delivery_start_p50_ms": round(percentile([x * 1000 for x in from_start], 0.5), 1),
+        "lmtp_delivery_p50_ms": round(percentile([x * 1000 for x in deliveries], 0.5), 1),
+        "lmtp_delivery_p99_ms": round(percentile([x * 1000 for x in deliveries], 0.99), 1),
         "target": "p50 <= 200 ms, p99 <= 1000 ms",
         "met": percentile(ms, 0.5) <= 200 and percentile(ms, 0.99) <= 1000,
     }
@@ -487,6 +528,12 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200, help="deliveries timed in (a)")
     parser.add_argument("--warmup", type=int, default=5, help="deliveries before timing")
     parser.add_argument("--pause", type=float, default=1.0, help="mean seconds between deliveries (random)")
+    parser.add_argument(
+        "--via",
+        choices=("idle", "dovecot-hook", "both"),
+        default="both",
+        help="(a) through serve's IMAP watchers, Dovecot's delivery hook, or each in turn",
+    )
     parser.add_argument("--accounts", type=int, default=1000, help="idle accounts in (b)")
     parser.add_argument("--small", type=int, default=100, help="the smaller run of (b)")
     parser.add_argument("--variants", default="plain,tls", help="memory runs: plain, tls or both")
@@ -507,14 +554,26 @@ def main() -> None:
     }
     if busy > 0.15:
         print(f"warning: CPUs {busy:.0%} busy before measuring; figures are inflated", file=sys.stderr)
-    if not args.skip_latency:
-        lat = measure_latency(args.messages, args.pause, args.warmup)
+    if not args.skip_latency and args.via in ("idle", "both"):
+        lat = measure_latency(args.messages, args.pause, args.warmup, "idle")
         report["latency"] = lat
         print(
-            f"delivery -> timeline over {lat['messages']} messages: p50 {lat['p50_ms']} ms, "
-            f"p90 {lat['p90_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms; of the median, "
+            f"delivery -> timeline over {lat['messages']} messages (IMAP IDLE/NOTIFY): "
+            f"p50 {lat['p50_ms']} ms, p90 {lat['p90_ms']} ms, p99 {lat['p99_ms']} ms, "
+            f"max {lat['max_ms']} ms; of the median, "
             f"the server's notification {lat['server_notify_p50_ms']} ms, "
             f"inboxlink {lat['inboxlink_share_p50_ms']} ms "
+            f"(target p50 <= 200, p99 <= 1000: {'met' if lat['met'] else 'NOT met'})",
+            file=sys.stderr,
+        )
+    if not args.skip_latency and args.via in ("dovecot-hook", "both"):
+        lat = measure_latency(args.messages, args.pause, args.warmup, "dovecot-hook")
+        report["latency_dovecot_hook"] = lat
+        print(
+            f"delivery -> timeline over {lat['messages']} messages (Dovecot's delivery hook): "
+            f"p50 {lat['p50_ms']} ms, p90 {lat['p90_ms']} ms, p99 {lat['p99_ms']} ms, "
+            f"max {lat['max_ms']} ms; from the start of the delivery p50 "
+            f"{lat['from_delivery_start_p50_ms']} ms; LMTP delivery p50 {lat['lmtp_delivery_p50_ms']} ms "
             f"(target p50 <= 200, p99 <= 1000: {'met' if lat['met'] else 'NOT met'})",
             file=sys.stderr,
         )
