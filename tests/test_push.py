@@ -6,6 +6,7 @@ Behaviour only: every wait has a generous deadline and nothing asserts how long 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import imaplib
 import json
@@ -13,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -29,9 +31,9 @@ from inboxlink.config import Settings
 from inboxlink.providers.imap.provider import ImapConfig
 from inboxlink.runtime import Runtime
 from inboxlink.store.schema import accounts
-from inboxlink.sync.push import PushWatcher, WatchInfo
+from inboxlink.sync.push import _BIO_FEED, PushWatcher, WatchInfo, _Wire
 from inboxlink.sync.scheduler import Scheduler
-from inboxlink.testing.dovecot import Dovecot, MailUser
+from inboxlink.testing.dovecot import Dovecot, MailUser, write_self_signed_cert
 from inboxlink.testing.mailgen import generate
 from tests.support import imap_session, local_state, make_message, message_rows, server_state
 
@@ -409,3 +411,112 @@ def test_an_account_whose_server_has_no_idle_is_not_watched(
     wait_until(lambda: _sessions(dovecot, mail_user) == 0, "IMAP session closed")
     s.wait_rescans(3)
     assert s.watch(account) is None and account not in s.watcher.live()
+
+
+# -- the wire's TLS, in process: an SSLObject server over memory BIOs, no Dovecot -------------------
+class _FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = bytearray()
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += data
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def take(self) -> bytes:
+        data, self.sent = bytes(self.sent), bytearray()
+        return data
+
+
+class _WatchedBIO:
+    """Stands in for the wire's incoming MemoryBIO: what was pending in it after each write."""
+
+    def __init__(self, bio: ssl.MemoryBIO) -> None:
+        self.bio = bio
+        self.most_pending = 0
+        self.writes = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        n = self.bio.write(data)
+        self.writes += 1
+        self.most_pending = max(self.most_pending, self.bio.pending)
+        return n
+
+
+def _tls_server(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    write_self_signed_cert(cert, key, "127.0.0.1")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context, cert
+
+
+def test_tls_bytes_reach_openssl_in_small_pieces(tmp_path: Path) -> None:
+    """A MemoryBIO's buffer never shrinks: the wire feeds it _BIO_FEED bytes at a time and lets
+    OpenSSL drain it in between, so neither the certificate flight nor a 40 KB burst stays pinned
+    in it (bench/tls_memory.py). The handshake and every byte of the burst still come through."""
+    server_context, cert = _tls_server(tmp_path)
+    burst = b"".join(b"* %d EXISTS\r\n" % i for i in range(3000))
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        wire = _Wire(loop, memoryview(bytearray(64 << 10)))
+        transport = _FakeTransport()
+        wire.connection_made(transport)
+        s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        server = server_context.wrap_bio(s_in, s_out, server_side=True)
+        client = ssl.create_default_context(cafile=str(cert))
+        handshake = asyncio.ensure_future(wire.start_tls(client, "127.0.0.1", loop.time() + 10))
+        await asyncio.sleep(0)  # the ClientHello is out
+        assert wire._in is not None
+        watched = _WatchedBIO(wire._in)
+        wire._in = watched  # type: ignore[assignment]
+        for _ in range(10):
+            s_in.write(transport.take())
+            with contextlib.suppress(ssl.SSLWantReadError):
+                server.do_handshake()
+            flight = s_out.read()
+            if flight:
+                wire._received(flight)  # a whole flight in one read, as a socket may deliver it
+            await asyncio.sleep(0)
+            if handshake.done():
+                break
+        await handshake
+        s_in.write(transport.take())  # the client's Finished
+        server.do_handshake()
+        server.write(burst)
+        wire._received(s_out.read())  # session tickets and 40 KB of lines in one read
+        got = [await wire.readline(loop.time() + 5) for _ in range(3000)]
+        assert b"".join(got) == burst
+        assert watched.writes > len(burst) // _BIO_FEED
+        assert watched.most_pending <= _BIO_FEED
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_certificate_fails_the_handshake(tmp_path: Path) -> None:
+    server_context, _ = _tls_server(tmp_path)
+    other = tmp_path / "other.pem"
+    write_self_signed_cert(other, tmp_path / "other-key.pem", "127.0.0.1")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        wire = _Wire(loop, memoryview(bytearray(64 << 10)))
+        transport = _FakeTransport()
+        wire.connection_made(transport)
+        s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        server = server_context.wrap_bio(s_in, s_out, server_side=True)
+        client = ssl.create_default_context(cafile=str(other))  # trusts another certificate
+        handshake = asyncio.ensure_future(wire.start_tls(client, "127.0.0.1", loop.time() + 10))
+        await asyncio.sleep(0)
+        s_in.write(transport.take())
+        with contextlib.suppress(ssl.SSLWantReadError):
+            server.do_handshake()
+        wire._received(s_out.read())
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await handshake
+
+    asyncio.run(scenario())
