@@ -30,12 +30,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import ssl
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from inboxlink.errors import HostRefused, TransientError, ValidationError
 
-__all__ = ["CheckedUrl", "check_host", "check_url", "check_url_target"]
+__all__ = ["CheckedUrl", "check_host", "check_url", "check_url_target", "tls_client_context"]
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -268,3 +269,60 @@ def check_url(url: str, *, allow_private: bool) -> str:
     443/80). Use `check_url_target` when you need the checked addresses to connect to.
     """
     return check_url_target(url, allow_private=allow_private).url
+
+
+class _NameCheckedContext(ssl.SSLContext):
+    """A client context that checks the server's certificate against one host name, whatever name
+    the library wrapping the socket passes: given the address netguard checked to connect to, the
+    mail libraries (imaplib, smtplib, aiosmtplib) would also take that address as the TLS name."""
+
+    tls_name: str | None = None
+
+    def wrap_socket(
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        return super().wrap_socket(
+            sock,
+            server_side=server_side,
+            do_handshake_on_connect=do_handshake_on_connect,
+            suppress_ragged_eofs=suppress_ragged_eofs,
+            server_hostname=self.tls_name or server_hostname,
+            session=session,
+        )
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        return super().wrap_bio(
+            incoming,
+            outgoing,
+            server_side=server_side,
+            server_hostname=self.tls_name or server_hostname,
+            session=session,
+        )
+
+
+def tls_client_context(ca_file: str | None, *, host: str) -> ssl.SSLContext:
+    """What `ssl.create_default_context()` gives (certificate and host name checked; `ca_file`, when
+    set, trusted instead of the system's CAs), checking the certificate against `host`, the name the
+    user gave, while the socket goes to the address `check_host` returned for it: so that a second
+    DNS lookup by the library, which an attacker's name server may answer differently (DNS
+    rebinding), never happens."""
+    context = _NameCheckedContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    context.tls_name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return context

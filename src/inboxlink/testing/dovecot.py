@@ -302,15 +302,23 @@ def raise_inotify_instances(minimum: int) -> bool:
         return False
 
 
-def write_self_signed_cert(cert_path: Path, key_path: Path, host: str = "127.0.0.1") -> None:
+# A name the test certificate also holds, for tests that resolve a host name of their own to the
+# server's address (the .test TLD is reserved: it never resolves for real).
+TEST_HOST_NAME = "mail.inboxlink.test"
+
+
+def write_self_signed_cert(
+    cert_path: Path, key_path: Path, host: str = "127.0.0.1", also: Sequence[str] = ()
+) -> None:
     """A self-signed certificate for `host`: CN, DNS SAN and IP SAN all `host` (mbsync checks the DNS
-    name against the host string and ignores IP SANs; Python's ssl checks the IP SAN)."""
+    name against the host string and ignores IP SANs; Python's ssl checks the IP SAN), plus DNS SANs
+    for the names in `also`."""
     import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
     now = dt.datetime.now(dt.UTC)
-    san: list[x509.GeneralName] = [x509.DNSName(host)]
+    san: list[x509.GeneralName] = [x509.DNSName(host), *(x509.DNSName(n) for n in also)]
     with contextlib.suppress(ValueError):
         san.append(x509.IPAddress(ipaddress.ip_address(host)))
     public_key = key.public_key()
@@ -554,7 +562,7 @@ class Dovecot:
         for directory in (root, self.base_dir, self.state_dir, self.homes_dir, self.passwd_dir):
             directory.mkdir(exist_ok=True)
             directory.chmod(0o755)
-        write_self_signed_cert(self.ca_cert_path, root / "key.pem", self.host)
+        write_self_signed_cert(self.ca_cert_path, root / "key.pem", self.host, also=[TEST_HOST_NAME])
         self.ca_cert_path.chmod(0o644)
         self._ports = (imap, imaps, lmtp) = tuple(free_ports(3, self.host))  # type: ignore[assignment]
         client_limit = 2 * self.max_connections + 100

@@ -10,12 +10,11 @@ have sent, and the outbox will not send blindly again.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Callable
 
 import aiosmtplib
 
-from inboxlink.auth.netguard import check_host
+from inboxlink.auth.netguard import check_host, tls_client_context
 from inboxlink.domain import OutgoingMessage
 from inboxlink.errors import (
     AuthError,
@@ -27,14 +26,6 @@ from inboxlink.errors import (
     ValidationError,
 )
 from inboxlink.providers.imap.provider import ConnectOptions, ImapConfig
-
-
-def _context(options: ConnectOptions) -> ssl.SSLContext:
-    return (
-        ssl.create_default_context(cafile=options.ca_file)
-        if options.ca_file
-        else ssl.create_default_context()
-    )
 
 
 def _rejection(code: int, text: str, where: str) -> ProviderError:
@@ -64,13 +55,14 @@ async def _send(config: ImapConfig, password: str, options: ConnectOptions, mess
         raise ValidationError("this account has no SMTP server: add one by pairing again")
     where = f"SMTP server {host}:{port}"
     security = config.smtp_security or config.security
-    check_host(host, port, allow_private=options.allow_private_hosts)
+    # to the checked address; certificates checked against the name (netguard: DNS rebinding)
+    address = check_host(host, port, allow_private=options.allow_private_hosts)[0]
     smtp = aiosmtplib.SMTP(
-        hostname=host,
+        hostname=address,
         port=port,
         use_tls=security == "tls",
         start_tls=False,
-        tls_context=_context(options) if security != "none" else None,
+        tls_context=tls_client_context(options.ca_file, host=host) if security != "none" else None,
         timeout=options.timeout,
     )
     try:

@@ -38,7 +38,7 @@ from imapclient import IMAPClient
 from imapclient import exceptions as imap_exc
 from imapclient.response_parser import parse_fetch_response
 
-from inboxlink.auth.netguard import check_host
+from inboxlink.auth.netguard import check_host, tls_client_context
 from inboxlink.domain import (
     Capabilities,
     ChangeSet,
@@ -103,15 +103,6 @@ class ConnectOptions:
     ca_file: str | None = None
 
 
-def _tls_context(options: ConnectOptions) -> ssl.SSLContext:
-    ctx = (
-        ssl.create_default_context(cafile=options.ca_file)
-        if options.ca_file
-        else ssl.create_default_context()
-    )
-    return ctx
-
-
 class ImapProvider:
     """One IMAP mailbox (and its SMTP server for sending). See the module docstring."""
 
@@ -132,13 +123,16 @@ class ImapProvider:
         if self._client is not None:
             return self._client
         cfg = self.config
-        check_host(cfg.imap_host, cfg.imap_port, allow_private=self.options.allow_private_hosts)
+        # Connect to the address the guard checked, never to the name again (netguard: DNS rebinding);
+        # certificates are still checked against the name.
+        address = check_host(cfg.imap_host, cfg.imap_port, allow_private=self.options.allow_private_hosts)[0]
+        tls = tls_client_context(self.options.ca_file, host=cfg.imap_host)
         try:
             client = IMAPClient(
-                cfg.imap_host,
+                address,
                 port=cfg.imap_port,
                 ssl=cfg.security == "tls",
-                ssl_context=_tls_context(self.options) if cfg.security == "tls" else None,
+                ssl_context=tls if cfg.security == "tls" else None,
                 timeout=self.options.timeout,
             )
         except ssl.SSLCertVerificationError as exc:
@@ -153,7 +147,7 @@ class ImapProvider:
         client._imap.debug = 0
         try:
             if cfg.security == "starttls":
-                client.starttls(_tls_context(self.options))
+                client.starttls(tls)
             client.login(cfg.username, self._password)
         except imap_exc.LoginError as exc:
             _safe_logout(client)

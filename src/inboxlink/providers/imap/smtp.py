@@ -5,17 +5,9 @@ from __future__ import annotations
 import smtplib
 import ssl
 
-from inboxlink.auth.netguard import check_host
+from inboxlink.auth.netguard import check_host, tls_client_context
 from inboxlink.errors import HostRefused
 from inboxlink.providers.imap.provider import ConnectOptions, ImapConfig
-
-
-def _context(options: ConnectOptions) -> ssl.SSLContext:
-    return (
-        ssl.create_default_context(cafile=options.ca_file)
-        if options.ca_file
-        else ssl.create_default_context()
-    )
 
 
 def check_smtp(config: ImapConfig, password: str, options: ConnectOptions) -> str | None:
@@ -25,17 +17,19 @@ def check_smtp(config: ImapConfig, password: str, options: ConnectOptions) -> st
         return "no SMTP server configured"
     host, port = config.smtp_host, config.smtp_port
     security = config.smtp_security or config.security
-    check_host(host, port, allow_private=options.allow_private_hosts)
+    # to the checked address; certificates checked against the name (netguard: DNS rebinding)
+    address = check_host(host, port, allow_private=options.allow_private_hosts)[0]
+    tls = tls_client_context(options.ca_file, host=host)
     try:
         smtp: smtplib.SMTP
         if security == "tls":
-            smtp = smtplib.SMTP_SSL(host, port, timeout=options.timeout, context=_context(options))
+            smtp = smtplib.SMTP_SSL(address, port, timeout=options.timeout, context=tls)
         else:
-            smtp = smtplib.SMTP(host, port, timeout=options.timeout)
+            smtp = smtplib.SMTP(address, port, timeout=options.timeout)
         with smtp:
             smtp.ehlo()
             if security == "starttls":
-                smtp.starttls(context=_context(options))
+                smtp.starttls(context=tls)
                 smtp.ehlo()
             if smtp.has_extn("auth"):
                 smtp.login(config.username, password)
