@@ -204,3 +204,17 @@ def test_watches_are_renewed_after_a_sync_near_expiry_and_daily_by_the_task(serv
     box.watch.expiration_ms = 0
     served.rt.queue.renew_push.call_local()
     assert box.watch.expiration_ms == 0
+
+
+def test_unpairing_ends_the_subscription(served: Served) -> None:
+    """(Last in this module: it unpairs the account the others use.)"""
+    box = served.sim.mailbox(USER)
+    served.rt.queue.renew_push.call_local()
+    _age_push_record(served, renewed_at=(now() - timedelta(days=1)).isoformat())
+    served.rt.queue.renew_push.call_local()  # a live watch again, whatever the tests before left
+    assert box.watch is not None and box.watch.expiration_ms > 0
+    gone = httpx.delete(f"{served.url}/api/v1/accounts/{served.account_id}", timeout=30)
+    assert gone.status_code == 200 and gone.json()["status"] == "disconnected", gone.text
+    assert box.watch is None, "users.stop was called before the credentials were forgotten"
+    assert _push_record(served) == {"mode": "stopped", "reason": "unpaired"}
+    assert served.account()["status"] == "disconnected"

@@ -500,6 +500,7 @@ class AccountService:
     def unpair(self, account_id: str) -> AccountView:
         """Stop syncing and forget the credentials. The mail already synced stays."""
         self.get(account_id)
+        self.upkeep.at_unpairing(account_id)  # while the credentials are still here
         with self.db.engine.begin() as conn:
             conn.execute(update(accounts).where(accounts.c.id == account_id).values(secret=None))
             transition(conn, account_id, AccountStatus.DISCONNECTED, "unpaired by the user", user_action=True)

@@ -156,6 +156,10 @@ class PushSubscriber(Protocol):
         """Subscribe (again: a renewal replaces the previous subscription) to `topic`."""
         ...
 
+    def stop(self) -> None:
+        """End the subscription (unpairing): the mailbox's changes are published no more."""
+        ...
+
 
 @runtime_checkable
 class TokenSource(Protocol):

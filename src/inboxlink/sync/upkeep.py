@@ -3,9 +3,10 @@ the "inboxlink/Linked" label on linked mail. Gmail only for now (the account's `
 the adapter is reached through the seam's optional protocols, never imported).
 
 When: after each successful sync (`SyncEngine.after_sync`, the provider still open and the account's
-lease held), at pairing and re-pairing (`AccountService`), and hourly from the task queue
-(`tasks.py`), which renews subscriptions older than `RENEW_AFTER`: a daily renewal, as Google
-advises (a watch lapses after 7 days), that a stopped serve catches up on at its next hour.
+lease held), at pairing and re-pairing (`AccountService`; unpairing ends the subscription), and
+hourly from the task queue (`tasks.py`), which renews subscriptions older than `RENEW_AFTER`: a
+daily renewal, as Google advises (a watch lapses after 7 days), that a stopped serve catches up on
+at its next hour.
 
 Push (what `capabilities.push` of the account says):
 
@@ -88,6 +89,29 @@ class Upkeep:
             return
         try:
             self._push(row, provider, force=True, max_age=None)
+        finally:
+            provider.close()
+
+    def at_unpairing(self, account_id: str) -> None:
+        """An account is being unpaired, its credentials still here: end its push subscription, so
+        that Google stops publishing the mailbox's changes to us. Failures are logged, never raised:
+        the unpairing goes on (an abandoned watch lapses within 7 days, its pushes acknowledged and
+        ignored meanwhile)."""
+        row = self._account(account_id)
+        push = ((row.capabilities or {}).get("push") or {}) if row is not None else {}
+        if row is None or row.provider not in _CATALOG or push.get("mode") != "pubsub":
+            return
+        try:
+            provider = self.open_provider(account_id)
+        except InboxlinkError as exc:
+            log.warning("account %s: cannot open the mailbox to end push: %s", account_id, exc)
+            return
+        try:
+            if isinstance(provider, PushSubscriber):
+                provider.stop()
+                self._record(account_id, push={"mode": "stopped", "reason": "unpaired"})
+        except InboxlinkError as exc:
+            log.warning("account %s: ending the push subscription failed: %s", account_id, exc.message)
         finally:
             provider.close()
 

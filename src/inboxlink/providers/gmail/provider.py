@@ -548,7 +548,10 @@ class GmailProvider:
 
     def stop(self) -> None:
         """Stop push notifications for this mailbox."""
-        self.client.call(Call("POST", "stop", units=100))
+        try:
+            self.client.call(Call("POST", "stop", units=100))
+        except GmailRequestError as exc:
+            raise ProviderError(f"Gmail refused to stop the push subscription: {exc.message}") from exc
 
 
 class _NetChanges:
