@@ -205,6 +205,25 @@ def test_only_users_registered_with_dovecot_are_told(served: Served) -> None:
     assert mid(quiet) not in message_rows(served.rt.db, silent_account), "no hook, no poll: not synced"
 
 
+def test_inboxlink_registers_the_mailbox_itself_when_told_to(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """INBOXLINK_DOVECOT_PUSH_REGISTER: after its first sync the account registers itself with
+    SETMETADATA, so the operator's doveadm step is not needed; once only."""
+    monkeypatch.setattr(served.rt.settings, "dovecot_push_register", True)
+    user = served.new_user(register=False)
+    account = served.pair(user)
+    hook = eventually(lambda: served.account(account)["capabilities"].get("delivery_hook"), "registered")
+    assert hook == {"registered": True, "reason": None}
+    shown = served.dovecot.doveadm(
+        "mailbox", "metadata", "get", "-u", user.email, "-s", "", "/private/vendor/vendor.dovecot/http-notify"
+    )
+    assert shown.strip() == f"user={user.email}"
+    heard = make_message(30, to=user.email)
+    served.dovecot.deliver_lmtp(user.email, heard)
+    eventually(lambda: mid(heard) in message_rows(served.rt.db, account), "the self-registered user's mail")
+
+
 def test_the_hook_refuses_wrong_tokens_and_malformed_notifications(served: Served) -> None:
     user = served.new_user()
     account = served.pair(user)

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         description="the ?token= of the Dovecot push_notification (OX driver) URL, PUT /push/dovecot; "
         "default: derived from the secret key",
     )
+    dovecot_push_register: bool = Field(
+        default=False,
+        description="register each IMAP mailbox whose server offers METADATA for Dovecot's delivery "
+        "hook (SETMETADATA of the OX driver's key, after a sync), instead of the operator's doveadm",
+    )
     gmail_quota_units_per_second: float = Field(
         default=250.0, gt=0, description="Gmail API quota units a mailbox may spend per second (Google: 250)"
     )

@@ -162,6 +162,16 @@ class PushSubscriber(Protocol):
 
 
 @runtime_checkable
+class DeliveryHookRegistrar(Protocol):
+    """A mailbox that can ask its server to announce new mail to our HTTP endpoint itself (IMAP on
+    Dovecot: the push_notification plugin's registration, `api/routes_push_dovecot.py`). Optional."""
+
+    def register_delivery_hook(self) -> str | None:
+        """Register; None when done, else why it cannot be (the server lacks the extension...)."""
+        ...
+
+
+@runtime_checkable
 class TokenSource(Protocol):
     """Where an OAuth provider gets its bearer token. Implemented by `auth.oauth` (which refreshes
     before expiry and saves rotated tokens at once); adapters only ask for the token, and ask again

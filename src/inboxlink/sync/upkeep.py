@@ -1,6 +1,7 @@
 """Mailbox upkeep that needs the open provider but is not sync: push subscriptions kept alive, and
-the "inboxlink/Linked" label on linked mail. Gmail only for now (the account's `provider` says so;
-the adapter is reached through the seam's optional protocols, never imported).
+the "inboxlink/Linked" label on linked mail, for Gmail (the account's `provider` says so); the
+registration for Dovecot's delivery hook, for IMAP (`INBOXLINK_DOVECOT_PUSH_REGISTER`). Adapters are
+reached through the seam's optional protocols, never imported.
 
 When: after each successful sync (`SyncEngine.after_sync`, the provider still open and the account's
 lease held), at pairing and re-pairing (`AccountService`; unpairing ends the subscription), and
@@ -41,7 +42,7 @@ from inboxlink.auth.scopes import catalog
 from inboxlink.config import Settings
 from inboxlink.domain import FolderRole, MessageRef
 from inboxlink.errors import InboxlinkError
-from inboxlink.providers.base import LabelingProvider, MailProvider, PushSubscriber
+from inboxlink.providers.base import DeliveryHookRegistrar, LabelingProvider, MailProvider, PushSubscriber
 from inboxlink.store.db import Database
 from inboxlink.store.schema import accounts, folders, links, messages, placements
 from inboxlink.sync.state import SYNCABLE, now
@@ -68,6 +69,8 @@ class Upkeep:
     def after_sync(self, account_id: str, provider: MailProvider) -> None:
         """The engine's hook: renew a lapsing watch, label what was linked since the last run."""
         row = self._account(account_id)
+        if row is not None and isinstance(provider, DeliveryHookRegistrar):
+            self._delivery_hook(row, provider)
         if row is None or row.provider not in _CATALOG:
             return
         self._push(row, provider, force=False, max_age=None)
@@ -186,6 +189,21 @@ class Upkeep:
             },
         )
         return 1
+
+    def _delivery_hook(self, row: Any, provider: DeliveryHookRegistrar) -> None:
+        """With INBOXLINK_DOVECOT_PUSH_REGISTER, register the mailbox for Dovecot's delivery hook
+        once (`capabilities.delivery_hook`); a server without METADATA is asked again after later
+        syncs (nothing is sent then: the capability is known), a refusal is recorded with why."""
+        if not self.settings.dovecot_push_register:
+            return
+        if ((row.capabilities or {}).get("delivery_hook") or {}).get("registered"):
+            return
+        try:
+            why = provider.register_delivery_hook()
+        except InboxlinkError as exc:
+            why = f"the server refused the registration: {exc.message}"
+            log.warning("account %s: delivery hook: %s", row.id, why)
+        self._record(row.id, delivery_hook={"registered": why is None, "reason": why})
 
     # -- the Linked label ------------------------------------------------------------------------
     def _label_linked(self, row: Any, provider: MailProvider) -> None:

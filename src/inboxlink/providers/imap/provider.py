@@ -60,6 +60,7 @@ SECURITY_MODES = ("tls", "starttls", "none")
 # Ramp: small first batches so the first messages land in a second, then large ones for throughput.
 _RAMP = (50, 100, 200, 400)
 _BATCH_BYTES = 8 << 20  # cap a FETCH at about 8 MB when sizes are known (memory bound)
+_HOOK_KEY = b"/private/vendor/vendor.dovecot/http-notify"  # what Dovecot's OX push driver reads
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,21 @@ class ImapProvider:
             raise TransientError(f"connection to {self._where()} dropped: {_why(exc)}") from exc
         self._client = client
         return client
+
+    def register_delivery_hook(self) -> str | None:
+        """Register this mailbox for Dovecot's delivery hook (the push_notification plugin's OX
+        driver: `api/routes_push_dovecot.py`): set the private server metadata entry the driver
+        looks for, as `doveadm mailbox metadata set -u USER -s "" KEY user=USER` would. None when
+        done, else why not. Needs METADATA (Dovecot: `imap_metadata = yes`, `mail_attribute_dict`)."""
+        client = self._connect()
+        if not {"METADATA", "METADATA-SERVER"} & self._caps:
+            return "the IMAP server offers no METADATA (Dovecot: imap_metadata = yes)"
+        login = self.config.username
+        if not login.isascii() or any(c in login for c in '"\\\r\n'):
+            return "the login cannot be written in a quoted IMAP string"
+        entry = b"(" + _HOOK_KEY + b' "user=' + login.encode() + b'")'
+        self._call("SETMETADATA", client._raw_command_untagged, b"SETMETADATA", [b'""', entry], uid=False)
+        return None
 
     def close(self) -> None:
         if self._client is not None:
