@@ -127,7 +127,7 @@ class ImapProvider:
         # Connect to the address the guard checked, never to the name again (netguard: DNS rebinding);
         # certificates are still checked against the name.
         address = check_host(cfg.imap_host, cfg.imap_port, allow_private=self.options.allow_private_hosts)[0]
-        tls = tls_client_context(self.options.ca_file, host=cfg.imap_host)
+        tls = tls_client_context(self.options.ca_file, host=cfg.imap_host) if cfg.security != "none" else None
         try:
             client = IMAPClient(
                 address,
@@ -148,7 +148,7 @@ class ImapProvider:
         client._imap.debug = 0
         try:
             if cfg.security == "starttls":
-                client.starttls(tls)
+                client.starttls(tls)  # (not None: security is starttls)
             client.login(cfg.username, self._password)
         except imap_exc.LoginError as exc:
             _safe_logout(client)

@@ -19,7 +19,7 @@ def check_smtp(config: ImapConfig, password: str, options: ConnectOptions) -> st
     security = config.smtp_security or config.security
     # to the checked address; certificates checked against the name (netguard: DNS rebinding)
     address = check_host(host, port, allow_private=options.allow_private_hosts)[0]
-    tls = tls_client_context(options.ca_file, host=host)
+    tls = tls_client_context(options.ca_file, host=host) if security != "none" else None
     try:
         smtp: smtplib.SMTP
         if security == "tls":
