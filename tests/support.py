@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import imaplib
 import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
+import uvicorn
+from fastapi import FastAPI
 from sqlalchemy import select
 
+from inboxlink.api.app import create_app
+from inboxlink.config import Settings
+from inboxlink.runtime import Runtime
 from inboxlink.store.db import Database
 from inboxlink.store.schema import folders, messages, placements
 from inboxlink.testing.dovecot import MailUser
@@ -116,3 +126,34 @@ def imap_session(user: MailUser) -> imaplib.IMAP4:
     imap = imaplib.IMAP4(user.host, user.port)
     imap.login(user.email, user.password)
     return imap
+
+
+@contextmanager
+def serving(settings_for: Callable[[str], Settings]) -> Iterator[tuple[str, Runtime, FastAPI]]:
+    """The API app as `serve` runs it (scheduler and task consumer; no IMAP watchers: those are
+    `cli._with_push`'s), on a real uvicorn server in a thread. `settings_for` gets the base URL
+    first (the app must know its public URL); yields (url, runtime, app)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = settings_for(url)
+    rt = Runtime.open(settings)
+    app = create_app(settings, background_sync=True, runtime=rt)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", loop="asyncio")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise AssertionError("the server did not start")
+            time.sleep(0.02)
+        yield url, rt, app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+        rt.close()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -21,17 +19,15 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import select, update
 
-from inboxlink.api.app import create_app
 from inboxlink.config import Settings
 from inboxlink.runtime import Runtime
 from inboxlink.store.schema import accounts, messages
 from inboxlink.sync.state import now
 from inboxlink_sim.google import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, GoogleSim
 from tests.gmail_support import running_sim
-from tests.support import make_message
+from tests.support import make_message, serving
 from tests.test_google_pairing import consent
 
 TOPIC = "projects/inboxlink-test/topics/gmail"
@@ -77,29 +73,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("gmail-push") / "home"
     with running_sim() as sim:
         sim.add_user(USER, messages=6, seed=21)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        settings = Settings(
-            home=home,
-            public_url=url,
-            google_client_id=DEFAULT_CLIENT_ID,
-            google_client_secret=DEFAULT_CLIENT_SECRET,
-            google_discovery_url=f"{sim.base_url}/.well-known/openid-configuration",
-            google_api_base=sim.base_url,
-            google_pubsub_topic=TOPIC,
-            sync_interval_seconds=1e9,  # never polled: only pairing and pushes start a sync
-        )
-        rt = Runtime.open(settings)
-        app = create_app(settings, background_sync=True, runtime=rt)
-        server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", loop="asyncio")
-        )
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        try:
-            eventually(lambda: server.started, "serve started", limit=30)
+
+        def settings_for(url: str) -> Settings:
+            return Settings(
+                home=home,
+                public_url=url,
+                google_client_id=DEFAULT_CLIENT_ID,
+                google_client_secret=DEFAULT_CLIENT_SECRET,
+                google_discovery_url=f"{sim.base_url}/.well-known/openid-configuration",
+                google_api_base=sim.base_url,
+                google_pubsub_topic=TOPIC,
+                sync_interval_seconds=1e9,  # never polled: only pairing and pushes start a sync
+            )
+
+        with serving(settings_for) as (url, rt, _app):
             # the operator reads the endpoint from the API and gives it to the push subscription
             endpoint = httpx.get(f"{url}/push/google", timeout=10).json()
             assert endpoint["mode"] == "pubsub" and endpoint["topic"] == TOPIC
@@ -107,11 +94,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             served = Served(url, rt, sim, pair(url, sim))
             eventually(lambda: served.account()["status"] == "connected", "the first sync finished")
             yield served
-        finally:
-            server.should_exit = True
-            thread.join(timeout=30)
-            sock.close()
-            rt.close()
         assert sim.schema_violations == []
 
 

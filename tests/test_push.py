@@ -454,6 +454,21 @@ def _tls_server(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
     return context, cert
 
 
+class _Pair:
+    """A `_Wire` starting TLS against an in-memory server (`s_in`/`s_out` are the server's BIOs)."""
+
+    def __init__(self, server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        self.wire = _Wire(loop, memoryview(bytearray(64 << 10)))
+        self.transport = _FakeTransport()
+        self.wire.connection_made(self.transport)
+        self.s_in, self.s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.server = server_context.wrap_bio(self.s_in, self.s_out, server_side=True)
+        self.handshake = asyncio.ensure_future(
+            self.wire.start_tls(client_context, "127.0.0.1", loop.time() + 10)
+        )
+
+
 def test_tls_bytes_reach_openssl_in_small_pieces(tmp_path: Path) -> None:
     """A MemoryBIO's buffer never shrinks: the wire feeds it _BIO_FEED bytes at a time and lets
     OpenSSL drain it in between, so neither the certificate flight nor a 40 KB burst stays pinned
@@ -463,13 +478,10 @@ def test_tls_bytes_reach_openssl_in_small_pieces(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        wire = _Wire(loop, memoryview(bytearray(64 << 10)))
-        transport = _FakeTransport()
-        wire.connection_made(transport)
-        s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        server = server_context.wrap_bio(s_in, s_out, server_side=True)
-        client = ssl.create_default_context(cafile=str(cert))
-        handshake = asyncio.ensure_future(wire.start_tls(client, "127.0.0.1", loop.time() + 10))
+        pair = _Pair(server_context, ssl.create_default_context(cafile=str(cert)))
+        wire, transport, s_in, s_out, server, handshake = (
+            pair.wire, pair.transport, pair.s_in, pair.s_out, pair.server, pair.handshake
+        )  # fmt: skip
         await asyncio.sleep(0)  # the ClientHello is out
         assert wire._in is not None
         watched = _WatchedBIO(wire._in)
@@ -503,20 +515,13 @@ def test_a_refused_certificate_fails_the_handshake(tmp_path: Path) -> None:
     write_self_signed_cert(other, tmp_path / "other-key.pem", "127.0.0.1")
 
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        wire = _Wire(loop, memoryview(bytearray(64 << 10)))
-        transport = _FakeTransport()
-        wire.connection_made(transport)
-        s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        server = server_context.wrap_bio(s_in, s_out, server_side=True)
-        client = ssl.create_default_context(cafile=str(other))  # trusts another certificate
-        handshake = asyncio.ensure_future(wire.start_tls(client, "127.0.0.1", loop.time() + 10))
+        pair = _Pair(server_context, ssl.create_default_context(cafile=str(other)))  # trusts another
         await asyncio.sleep(0)
-        s_in.write(transport.take())
+        pair.s_in.write(pair.transport.take())
         with contextlib.suppress(ssl.SSLWantReadError):
-            server.do_handshake()
-        wire._received(s_out.read())
+            pair.server.do_handshake()
+        pair.wire._received(pair.s_out.read())
         with pytest.raises(ssl.SSLCertVerificationError):
-            await handshake
+            await pair.handshake
 
     asyncio.run(scenario())

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -24,15 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from inboxlink.api.app import create_app
 from inboxlink.config import Settings
 from inboxlink.providers.imap.provider import ImapConfig
 from inboxlink.runtime import Runtime
 from inboxlink.testing import dovecot as dovecot_module
 from inboxlink.testing.dovecot import Dovecot, MailUser
-from tests.support import make_message, message_rows
+from tests.support import make_message, message_rows, serving
 
 NEVER = 1e9  # seconds: the poll interval
 OPERATOR = "operator-token-for-dovecot-push"
@@ -132,27 +128,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     if not dovecot_module.is_available():
         pytest.skip("dovecot not installed (apt-get install dovecot-imapd dovecot-lmtpd)")
     home = tmp_path_factory.mktemp("dovecot-push") / "home"
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    settings = Settings(
-        home=home,
-        public_url=url,
-        allow_private_hosts=True,
-        api_token=OPERATOR,
-        sync_interval_seconds=NEVER,  # never polled: only pairing and pushes start a sync
-    )
-    rt = Runtime.open(settings)
-    # create_app alone, as serve without its IMAP watchers (cli._with_push is what adds them)
-    app = create_app(settings, background_sync=True, runtime=rt)
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", loop="asyncio")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        eventually(lambda: server.started, "serve started")
+
+    def settings_for(url: str) -> Settings:
+        return Settings(
+            home=home,
+            public_url=url,
+            allow_private_hosts=True,
+            api_token=OPERATOR,
+            sync_interval_seconds=NEVER,  # never polled: only pairing and pushes start a sync
+        )
+
+    with serving(settings_for) as (url, rt, app):
         scheduler, poked = app.state.scheduler, []
         trigger = scheduler.trigger
 
@@ -167,11 +153,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         endpoint = shown.json()["endpoint"]
         with Dovecot(push_url=endpoint) as dovecot:
             yield Served(url, rt, dovecot, endpoint, poked)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-        rt.close()
 
 
 def test_a_delivery_reaches_the_timeline_through_the_hook(served: Served) -> None:

@@ -31,8 +31,9 @@ nothing, or one batchModify (50 units) per 1,000 messages. Without those scopes:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -85,15 +86,9 @@ class Upkeep:
         if not self.settings.google_pubsub_topic:
             self._push(row, None, force=True, max_age=None)
             return
-        try:
-            provider = self.open_provider(account_id)
-        except InboxlinkError as exc:
-            log.warning("account %s: cannot open the mailbox to subscribe to push: %s", account_id, exc)
-            return
-        try:
-            self._push(row, provider, force=True, max_age=None)
-        finally:
-            provider.close()
+        with self._opened(account_id, "subscribe to push") as provider:
+            if provider is not None:
+                self._push(row, provider, force=True, max_age=None)
 
     def at_unpairing(self, account_id: str) -> None:
         """An account is being unpaired, its credentials still here: end its push subscription, so
@@ -104,19 +99,15 @@ class Upkeep:
         push = ((row.capabilities or {}).get("push") or {}) if row is not None else {}
         if row is None or row.provider not in _CATALOG or push.get("mode") != "pubsub":
             return
-        try:
-            provider = self.open_provider(account_id)
-        except InboxlinkError as exc:
-            log.warning("account %s: cannot open the mailbox to end push: %s", account_id, exc)
-            return
-        try:
-            if isinstance(provider, PushSubscriber):
+        with self._opened(account_id, "end push") as provider:
+            if not isinstance(provider, PushSubscriber):
+                return
+            try:
                 provider.stop()
-                self._record(account_id, push={"mode": "stopped", "reason": "unpaired"})
-        except InboxlinkError as exc:
-            log.warning("account %s: ending the push subscription failed: %s", account_id, exc.message)
-        finally:
-            provider.close()
+            except InboxlinkError as exc:
+                log.warning("account %s: ending the push subscription failed: %s", account_id, exc.message)
+                return
+            self._record(account_id, push={"mode": "stopped", "reason": "unpaired"})
 
     def renew_subscriptions(self) -> int:
         """The periodic task: renew every push subscription made more than `RENEW_AFTER` ago (or
@@ -133,16 +124,25 @@ class Upkeep:
         for row in rows:
             if row.status not in SYNCABLE or not self._watch_due(row.capabilities, max_age=RENEW_AFTER):
                 continue
-            try:
-                provider = self.open_provider(row.id)
-            except InboxlinkError as exc:
-                log.warning("account %s: cannot open the mailbox to renew push: %s", row.id, exc)
-                continue
-            try:
-                renewed += self._push(row, provider, force=True, max_age=None)
-            finally:
-                provider.close()
+            with self._opened(row.id, "renew push") as provider:
+                if provider is not None:
+                    renewed += self._push(row, provider, force=True, max_age=None)
         return renewed
+
+    @contextlib.contextmanager
+    def _opened(self, account_id: str, purpose: str) -> Iterator[MailProvider | None]:
+        """The account's mailbox, open for `purpose` and closed after; None (and a log line) when it
+        cannot be opened: upkeep never fails what it accompanies."""
+        try:
+            provider = self.open_provider(account_id)
+        except InboxlinkError as exc:
+            log.warning("account %s: cannot open the mailbox to %s: %s", account_id, purpose, exc)
+            yield None
+            return
+        try:
+            yield provider
+        finally:
+            provider.close()
 
     # -- push ------------------------------------------------------------------------------------
     def _watch_due(self, capabilities: Mapping[str, Any] | None, *, max_age: timedelta | None) -> bool:
