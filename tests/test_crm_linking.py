@@ -352,6 +352,11 @@ def test_visibility_between_users_and_one_entry_per_message(
     # accounts: each user sees only their own
     assert [a["id"] for a in get("/api/v1/accounts", bob["token"]).json()] == [b_acc]
     assert get(f"/api/v1/accounts/{a_acc}", bob["token"]).status_code == 404
+    # an account's message listing is its owner's (and the operator's) alone
+    assert get(f"/api/v1/accounts/{a_acc}/messages", bob["token"]).status_code == 404
+    assert get(f"/api/v1/accounts/{a_acc}/messages", carol["token"]).status_code == 404
+    own = get(f"/api/v1/accounts/{a_acc}/messages", alice["token"]).json()["messages"]
+    assert {m["message_id"] for m in own} == {shared_id, alice_only_id, private_id}
     assert get("/api/v1/users", bob["token"]).status_code == 403
     takeover = team.c.post(
         "/api/v1/accounts",
