@@ -145,3 +145,16 @@ def test_account_messages_pages_through_the_mailbox(
     assert missing.status_code == 404
     assert client.get(f"/api/v1/accounts/{account}/messages", params={"limit": 0}).status_code == 422
     assert client.get("/api/v1/accounts/no-such/messages").status_code == 404
+
+
+def test_a_headers_only_message_has_no_raw_to_download(
+    client: TestClient, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    dovecot.write_messages(mail_user.email, "INBOX", [make_message(1, msgid="<ho@pages.example>")])
+    account = client.post("/api/v1/accounts", json=body_for(mail_user, headers_only=True)).json()["id"]
+    assert client.post(f"/api/v1/accounts/{account}/sync").json()["messages"] == 1
+    row = client.get(f"/api/v1/accounts/{account}/messages").json()["messages"][0]
+    assert row["headers_only"] is True
+    for path in ("raw", "attachments/0"):
+        answer = client.get(f"/api/v1/messages/{row['id']}/{path}")
+        assert answer.status_code == 409 and "only the headers" in answer.json()["error"]["message"]

@@ -481,3 +481,81 @@ def test_bulk_import_links_past_mail_in_one_pass(team: Team, dovecot: Dovecot, m
         assert set(deal) == {expected[f"co{i}"]}
         where = "subject" if i % 2 else "body"
         assert deal[expected[f"co{i}"]]["evidence"].endswith(f"in the {where}")
+
+
+def test_raw_and_attachment_downloads_follow_visibility(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    alice_box = mail_user
+    bob_box = dovecot.add_user(f"bob2.{mail_user.email}", "bob-password-123")
+    alice = team.user("Alice", alice_box.email)
+    bob = team.user("Bob", bob_box.email)
+    team.record("person", name="Vendor", emails=["vendor@sell.example"])
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 40
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "vendor@sell.example", alice_box.email, "Quote attached"
+    m["Message-ID"] = "<quote-1@sell.example>"
+    m.set_content("Please find the quote attached.\n")
+    m.add_attachment(pdf, maintype="application", subtype="pdf", filename="Angebot für Q3.pdf")
+    dovecot.deliver_lmtp(alice_box.email, bytes(m))
+    a_acc = team.pair(alice_box, as_user=alice["id"], visibility="metadata")
+    team.pair(bob_box, as_user=bob["id"])
+    team.sync(a_acc)
+    row = team.c.get(f"/api/v1/accounts/{a_acc}/messages").json()["messages"][0]["id"]
+
+    def get(path: str, token: str | None = None) -> Any:
+        return team.c.get(path, headers={"Authorization": f"Bearer {token}"} if token else {})
+
+    detail = get(f"/api/v1/messages/{row}", alice["token"]).json()
+    assert detail["attachments"][0]["filename"] == "Angebot für Q3.pdf"
+    got = get(f"/api/v1/messages/{row}/attachments/0", alice["token"])
+    assert got.status_code == 200 and got.content == pdf
+    assert got.headers["content-type"] == "application/pdf"
+    assert got.headers["content-disposition"].startswith("attachment;")
+    assert "filename*=UTF-8''Angebot%20f%C3%BCr%20Q3.pdf" in got.headers["content-disposition"]
+    assert got.headers["x-content-type-options"] == "nosniff"
+    raw = get(f"/api/v1/messages/{row}/raw", alice["token"])
+    assert raw.status_code == 200 and raw.headers["content-type"] == "message/rfc822"
+    assert b"Subject: Quote attached" in raw.content and b"Message-ID: <quote-1@sell.example>" in raw.content
+    assert get(f"/api/v1/messages/{row}/attachments/1", alice["token"]).status_code == 404
+    # Bob sees this mailbox's linked mail as metadata only: no bytes
+    assert get(f"/api/v1/messages/{row}", bob["token"]).json()["subject"] is None
+    for path in (f"/api/v1/messages/{row}/raw", f"/api/v1/messages/{row}/attachments/0"):
+        refused = get(path, bob["token"])
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    assert get("/api/v1/messages/999999/raw", alice["token"]).status_code == 404
+
+
+def test_a_shared_copy_never_opens_another_message_with_its_message_id(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    """Two different messages with one Message-ID: Bob's, linked and shared, and Alice's, private.
+    A teammate opening Alice's row gets Bob's copy (the one that grants access), never Alice's."""
+    alice_box = mail_user
+    bob_box = dovecot.add_user(f"bob3.{mail_user.email}", "bob-password-123")
+    alice = team.user("Alice", alice_box.email)
+    bob = team.user("Bob", bob_box.email)
+    carol = team.user("Carol", "carol3@inboxlink.test")
+    team.record("person", name="Client", emails=["client@buyer.example"])
+    shared, mid = mail(
+        "client@buyer.example", bob_box.email, "Shared", body="shared words\n", msgid="same@x.example"
+    )
+    private, _ = mail(
+        "friend@else.example", alice_box.email, "Private", body="private words\n", msgid="same@x.example"
+    )
+    dovecot.deliver_lmtp(bob_box.email, shared)
+    dovecot.deliver_lmtp(alice_box.email, private)
+    a_acc = team.pair(alice_box, as_user=alice["id"])
+    b_acc = team.pair(bob_box, as_user=bob["id"])
+    team.sync(a_acc)
+    team.sync(b_acc)
+    alice_row = team.c.get(f"/api/v1/accounts/{a_acc}/messages").json()["messages"][0]["id"]
+    bob_row = team.c.get(f"/api/v1/accounts/{b_acc}/messages").json()["messages"][0]["id"]
+    headers = {"Authorization": f"Bearer {carol['token']}"}
+    seen = team.c.get(f"/api/v1/messages/{alice_row}", headers=headers).json()
+    assert seen["id"] == bob_row and seen["message_id"] == mid
+    assert "shared words" in seen["text"] and "private" not in str(seen).lower()
+    raw = team.c.get(f"/api/v1/messages/{alice_row}/raw", headers=headers)
+    assert raw.status_code == 200 and b"shared words" in raw.content and b"private words" not in raw.content
+    own = team.c.get(f"/api/v1/messages/{alice_row}", headers={"Authorization": f"Bearer {alice['token']}"})
+    assert own.json()["id"] == alice_row and "private words" in own.json()["text"], "the owner sees her own"

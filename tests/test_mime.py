@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from inboxlink.domain import Address, Attachment, ParsedMessage
 from inboxlink.mime import parse as parse_mod
-from inboxlink.mime.parse import html_to_text, normalize_message_id, parse_many
+from inboxlink.mime.parse import attachment_content, html_to_text, normalize_message_id, parse_many
 from inboxlink.mime.quotes import fold_quotes
 from inboxlink.mime.sanitize import sanitize_html
 
@@ -154,6 +154,59 @@ inner body text
     assert len(p.attachments) == 4
     # The forwarded message's text is an attachment, not this message's text.
     assert "inner body" not in (p.text or "")
+    # Downloads: the same list, with the decoded bytes (fast-mail-parser's tier)
+    expected = [b"\x89PNG\r\n\x1a\n", b"%PDF-1.4 hello" * 10, b"\x00\x01\x02"]
+    for i, data in enumerate(expected):
+        assert attachment_content(raw, i) == (p.attachments[i], data)
+    inner = attachment_content(raw, 3)
+    assert inner is not None and inner[0] == p.attachments[3] and inner[1] is not None
+    assert b"inner body text" in inner[1] and len(inner[1]) == p.attachments[3].size
+    assert attachment_content(raw, 4) is None and attachment_content(raw, -1) is None
+
+
+def test_attachment_downloads_follow_the_stdlib_tier_and_say_when_broken() -> None:
+    # a part typed just "text" sends the message to the stdlib (fast-mail-parser lists it wrongly)
+    raw = msg("""
+From: a@example.com
+Message-ID: <tier@example.com>
+Content-Type: multipart/mixed; boundary="b"
+
+--b
+Content-Type: text
+
+hello
+--b
+Content-Type: application/zip
+Content-Disposition: attachment; filename="a.zip"
+Content-Transfer-Encoding: base64
+
+UEsDBBQ=
+--b--
+""")
+    p = one(raw)
+    assert p.parse_note is not None and "stdlib" in p.parse_note
+    assert attachment_content(raw, 0) == (p.attachments[0], b"PK\x03\x04\x14")
+    broken = msg("""
+From: a@example.com
+Message-ID: <broken@example.com>
+Content-Type: multipart/mixed; boundary="b"
+
+--b
+Content-Type: text/plain
+
+body
+--b
+Content-Type: application/octet-stream
+Content-Disposition: attachment; filename="bad.bin"
+Content-Transfer-Encoding: base64
+
+!!!not base64 at all!!!
+--b--
+""")
+    q = one(broken)
+    assert q.parse_note is not None and "could not be decoded" in q.parse_note
+    found = attachment_content(broken, 0)
+    assert found == (q.attachments[0], None), "no bytes for a broken encoding: the raw message has them"
 
 
 @pytest.mark.parametrize(

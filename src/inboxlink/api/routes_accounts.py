@@ -237,7 +237,7 @@ def account_messages(
     rt: RuntimeDep,
     viewer: ViewerDep,
     folder: Annotated[str | None, Query(max_length=512, description="only this folder (its key)")] = None,
-    after: Annotated[int, Query(ge=0, description="the `next_after` of the previous page")] = 0,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1, description="the `next_after` of the previous page")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> MessagePage:
     """The mailbox's messages with their folders and flags, a page at a time (owner or operator)."""

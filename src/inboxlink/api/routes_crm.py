@@ -6,8 +6,9 @@ from __future__ import annotations
 import secrets
 import uuid
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, insert, select
 
@@ -109,7 +110,7 @@ def list_records(
     rt: RuntimeDep,
     q: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> list[dict[str, Any]]:
     return [r.to_dict() for r in rt.records.find(record_type, limit=limit, offset=offset, q=q)]
 
@@ -153,7 +154,7 @@ def record_timeline(
     rt: RuntimeDep,
     viewer: ViewerDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> dict[str, Any]:
     """Newest first; one entry per message however many mailboxes hold it; `rule` and `evidence`
     say why it is here (all reasons in `reasons`); fields the viewer may not see are null."""
@@ -163,11 +164,55 @@ def record_timeline(
 
 # -- messages and search ----------------------------------------------------------------------------
 
+# A row id in a path: what the databases' 64-bit integer keys can hold (else a driver error, a 500).
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
 
 @router.get("/messages/{message_id}")
-def show_message(message_id: int, rt: RuntimeDep, viewer: ViewerDep) -> dict[str, Any]:
+def show_message(message_id: RowId, rt: RuntimeDep, viewer: ViewerDep) -> dict[str, Any]:
     with rt.db.engine.begin() as conn:
         return timeline.message_detail(conn, rt.db.blobs, viewer, message_id)
+
+
+_DOWNLOAD_HEADERS = {
+    # bytes from strangers' mail: never rendered on our origin, never sniffed into something active
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "sandbox",
+}
+
+
+def _attachment_disposition(filename: str) -> str:
+    ascii_name = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+@router.get(
+    "/messages/{message_id}/raw",
+    response_class=Response,
+    responses={200: {"content": {"message/rfc822": {}}, "description": "the message as received"}},
+)
+def message_raw(message_id: RowId, rt: RuntimeDep, viewer: ViewerDep) -> Response:
+    """The message as it was received (RFC 5322), for those who may see all of it."""
+    with rt.db.engine.connect() as conn:
+        shown, raw = timeline.message_raw(conn, rt.db.blobs, viewer, message_id)
+    headers = {**_DOWNLOAD_HEADERS, "Content-Disposition": _attachment_disposition(f"message-{shown}.eml")}
+    return Response(raw, media_type="message/rfc822", headers=headers)
+
+
+@router.get(
+    "/messages/{message_id}/attachments/{index}",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the decoded attachment"}},
+)
+def message_attachment(
+    message_id: RowId, index: Annotated[int, Path(ge=0, le=10_000)], rt: RuntimeDep, viewer: ViewerDep
+) -> Response:
+    """Attachment `index` of the message's `attachments` list, decoded, always as a download."""
+    with rt.db.engine.connect() as conn:
+        attachment, data = timeline.message_attachment(conn, rt.db.blobs, viewer, message_id, index)
+    name = attachment.filename or f"attachment-{index}"
+    headers = {**_DOWNLOAD_HEADERS, "Content-Disposition": _attachment_disposition(name)}
+    return Response(data, media_type=attachment.content_type or "application/octet-stream", headers=headers)
 
 
 @router.get("/search")
@@ -176,7 +221,7 @@ def search_messages(
     viewer: ViewerDep,
     q: Annotated[str, Query(min_length=1, max_length=500)],
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> dict[str, Any]:
     with rt.db.engine.begin() as conn:
         return search.search(conn, viewer, q, limit=limit, offset=offset)
@@ -222,7 +267,7 @@ def list_review(
 
 
 @router.post("/review/{item_id}")
-def answer_review(item_id: int, body: ReviewAnswer, rt: RuntimeDep, viewer: ViewerDep) -> dict[str, Any]:
+def answer_review(item_id: RowId, body: ReviewAnswer, rt: RuntimeDep, viewer: ViewerDep) -> dict[str, Any]:
     from inboxlink.crm.access import access_message
 
     with rt.db.engine.begin() as conn:

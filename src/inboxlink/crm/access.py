@@ -129,6 +129,14 @@ def message_levels(conn: Connection, viewer: Viewer, message_ids: Sequence[int])
 def access_message(conn: Connection, viewer: Viewer, message_id: int) -> Level:
     """The level at which the viewer may open this message, across every copy of it (the same
     RFC Message-ID in teammates' mailboxes); NotFound when none."""
+    return readable_copy(conn, viewer, message_id)[1]
+
+
+def readable_copy(conn: Connection, viewer: Viewer, message_id: int) -> tuple[int, Level]:
+    """The copy of this message to show the viewer, and at what level: the row itself when no copy
+    grants more, else the copy that does. What is shown is always read from the row that grants it:
+    two different messages may carry one Message-ID (broken mailers, or a sender's choice), and a
+    teammate's shared copy must never open another mailbox's message. NotFound when none."""
     row = conn.execute(select(messages.c.message_id).where(messages.c.id == message_id)).first()
     if row is None:
         raise NotFound(f"no message {message_id}")
@@ -137,10 +145,11 @@ def access_message(conn: Connection, viewer: Viewer, message_id: int) -> Level:
         copies = [
             r.id for r in conn.execute(select(messages.c.id).where(messages.c.message_id == row.message_id))
         ]
-    level = max(message_levels(conn, viewer, copies).values(), default=Level.NONE)
+    levels = message_levels(conn, viewer, copies)
+    level, neg = max((lvl, -mid if mid != message_id else 1) for mid, lvl in levels.items())
     if level == Level.NONE:
         raise NotFound(f"no message {message_id}")
-    return level
+    return (message_id if neg == 1 else -neg), level
 
 
 def entry_keys(conn: Connection, message_ids: Iterable[int]) -> dict[int, str]:

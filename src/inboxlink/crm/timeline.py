@@ -15,9 +15,10 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from inboxlink.crm import records as crm_records
-from inboxlink.crm.access import Level, Viewer, access_message, best_copies, entry_keys
-from inboxlink.errors import NotFound, ValidationError
-from inboxlink.mime.parse import parse_many
+from inboxlink.crm.access import Level, Viewer, best_copies, entry_keys, readable_copy
+from inboxlink.domain import Attachment
+from inboxlink.errors import Conflict, Forbidden, NotFound, ValidationError
+from inboxlink.mime.parse import attachment_content, parse_many
 from inboxlink.mime.quotes import fold_quotes
 from inboxlink.mime.sanitize import sanitize_html
 from inboxlink.store.blobs import BlobStore
@@ -161,8 +162,8 @@ def _why(why: list[tuple[str, str, str]], names: dict[str, tuple[str, str]]) -> 
 def message_detail(conn: Connection, blobs: BlobStore, viewer: Viewer, message_id: int) -> dict[str, Any]:
     """One message as the viewer may see it: sanitized HTML (made on first display and kept),
     the text with its quoted history folded away, attachments, and the links with their reasons."""
-    level = access_message(conn, viewer, message_id)
-    r = conn.execute(select(messages).where(messages.c.id == message_id)).one()
+    shown, level = readable_copy(conn, viewer, message_id)
+    r = conn.execute(select(messages).where(messages.c.id == shown)).one()
     recipients = r.recipients or {}
     out: dict[str, Any] = {
         "id": r.id,
@@ -197,6 +198,43 @@ def message_detail(conn: Connection, blobs: BlobStore, viewer: Viewer, message_i
             html=_sanitized_html(conn, blobs, r) if r.has_html else None,
         )
     return out
+
+
+def message_raw(conn: Connection, blobs: BlobStore, viewer: Viewer, message_id: int) -> tuple[int, bytes]:
+    """The message as it was received (RFC 5322 bytes), for a viewer who may see everything of it:
+    (the row shown, its bytes). Forbidden below that level; Conflict when only its headers were
+    downloaded (a headers-only account)."""
+    r = _whole(conn, viewer, message_id)
+    return r.id, blobs.get(r.blob)
+
+
+def message_attachment(
+    conn: Connection, blobs: BlobStore, viewer: Viewer, message_id: int, index: int
+) -> tuple[Attachment, bytes]:
+    """Attachment `index` (as listed in the message's `attachments`) with its decoded bytes."""
+    r = _whole(conn, viewer, message_id)
+    found = attachment_content(blobs.get(r.blob), index)
+    if found is None:
+        raise NotFound(f"message {r.id} has no attachment {index}")
+    attachment, data = found
+    if data is None:
+        raise ValidationError(
+            f"attachment {index} of message {r.id} has a broken transfer encoding: "
+            f"GET /api/v1/messages/{r.id}/raw has the message as it was received"
+        )
+    return attachment, data
+
+
+def _whole(conn: Connection, viewer: Viewer, message_id: int) -> Any:
+    shown, level = readable_copy(conn, viewer, message_id)
+    if level < Level.EVERYTHING:
+        raise Forbidden(f"the mailbox of message {message_id} shares only its {level.name.lower()} with you")
+    r = conn.execute(
+        select(messages.c.id, messages.c.blob, messages.c.headers_only).where(messages.c.id == shown)
+    ).one()
+    if r.headers_only or not r.blob:
+        raise Conflict(f"only the headers of message {r.id} were downloaded (the account syncs headers only)")
+    return r
 
 
 def _sanitized_html(conn: Connection, blobs: BlobStore, r: Any) -> str | None:

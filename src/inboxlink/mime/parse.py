@@ -80,7 +80,14 @@ import fast_mail_parser as fmp
 
 from inboxlink.domain import Address, Attachment, ParsedMessage
 
-__all__ = ["KEPT_HEADERS", "SNIPPET_LENGTH", "html_to_text", "normalize_message_id", "parse_many"]
+__all__ = [
+    "KEPT_HEADERS",
+    "SNIPPET_LENGTH",
+    "attachment_content",
+    "html_to_text",
+    "normalize_message_id",
+    "parse_many",
+]
 
 # The header selection stored with each message: lower-cased name -> first value (RFC 2047-decoded).
 KEPT_HEADERS = (
@@ -973,7 +980,11 @@ def _part_charset(part: Message) -> str | None:
         return None
 
 
-def _stdlib_body(msg: Message) -> tuple[list[str], list[str], list[Attachment], str | None]:
+def _stdlib_body(
+    msg: Message, contents: list[bytes | None] | None = None
+) -> tuple[list[str], list[str], list[Attachment], str | None]:
+    """Texts, HTML parts and attachments of `msg`; with `contents`, each attachment's decoded bytes
+    are appended to it too, in the same order."""
     texts: list[str] = []
     htmls: list[str] = []
     attachments: list[Attachment] = []
@@ -985,14 +996,18 @@ def _stdlib_body(msg: Message) -> tuple[list[str], list[str], list[Attachment], 
         payload = part.get_payload()
         if isinstance(payload, list):
             if not ctype.startswith("multipart/"):  # message/rfc822, delivery-status ...
-                size = 0
+                embedded = b""
                 inner = payload[0] if payload else None
                 if isinstance(inner, Message):
                     try:
-                        size = len(inner.as_bytes(policy=_CRLF))
+                        embedded = inner.as_bytes(policy=_CRLF)
                     except Exception:
-                        size = 0
-                attachments.append(Attachment(filename=_part_filename(part), content_type=ctype, size=size))
+                        embedded = b""
+                attachments.append(
+                    Attachment(filename=_part_filename(part), content_type=ctype, size=len(embedded))
+                )
+                if contents is not None:
+                    contents.append(embedded)
             else:
                 stack.extend(reversed([p for p in payload if isinstance(p, Message)]))
             continue
@@ -1022,6 +1037,8 @@ def _stdlib_body(msg: Message) -> tuple[list[str], list[str], list[Attachment], 
                     inline=disposition == "inline" or (disposition is None and cid is not None),
                 )
             )
+            if contents is not None:
+                contents.append(data)
     return texts, htmls, attachments, note
 
 
@@ -1120,6 +1137,38 @@ def _convert(result: fmp.PyLazyMail | BaseException, raw: bytes) -> ParsedMessag
         return _fallback(raw, False, str(exc))
     except Exception as exc:
         return _fallback(raw, False, f"reading fast-mail-parser's result failed: {exc!r}")
+
+
+def attachment_content(raw: bytes, index: int) -> tuple[Attachment, bytes | None] | None:
+    """Attachment `index` of the message, as `parse_many` lists it, with its decoded bytes (None
+    when its transfer encoding is broken); None when the message has no such attachment. The same
+    tier reads the message as in `parse_many`, so indexes match the stored list."""
+    if len(raw) <= _FMP_MAX_BYTES:
+        result = _fmp_batch([raw])[0]
+        if not isinstance(result, BaseException):
+            try:
+                listed = _from_fmp(result, raw).attachments
+            except Exception:  # _Retry and the like: the stdlib tier read it
+                listed = None
+            if listed is not None:
+                if not 0 <= index < len(listed):
+                    return None
+                try:
+                    data: bytes | None = bytes(result.attachments[index].content)
+                except Exception:  # DecodeError: listed with its encoded size
+                    data = None
+                return listed[index], data
+    if len(raw) > _STDLIB_MAX_BYTES:
+        return None
+    try:
+        _read_headers(raw)  # as `_from_stdlib`: when this fails, the raw fallback lists nothing
+        contents: list[bytes | None] = []
+        _texts, _htmls, attachments, _note = _stdlib_body(_stdlib_parser.parsebytes(raw), contents)
+    except Exception:  # the raw fallback: no attachments were listed
+        return None
+    if not 0 <= index < len(attachments):
+        return None
+    return attachments[index], contents[index]
 
 
 def parse_many(raws: Sequence[bytes], *, headers_only: bool = False) -> list[ParsedMessage]:
