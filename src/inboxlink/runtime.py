@@ -92,3 +92,10 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Huey logs each run of the periodic tasks (four lines a minute, doing nothing) and Alembic a
+    # dozen lines of plugin set-up at the first start, at INFO: shown only when debugging; their
+    # warnings and errors still show.
+    for chatty in ("huey", "alembic"):
+        logging.getLogger(chatty).setLevel(
+            logging.DEBUG if root.level <= logging.DEBUG else max(root.level, logging.WARNING)
+        )
