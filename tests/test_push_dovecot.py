@@ -306,6 +306,7 @@ def test_the_operator_reads_the_url_and_a_config_dovecot_accepts(served: Served,
     assert f"push_notification_driver = ox:url={shown['endpoint'].replace('%', '%%')} timeout_msecs=1000" in (
         parsed.stdout
     )
+    assert "imap_metadata = yes" in shown["dovecot_conf"]  # for INBOXLINK_DOVECOT_PUSH_REGISTER
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -197,6 +197,8 @@ def dovecot_push_endpoint(
         "mail_attribute_dict = file:%h/dovecot-attributes\n"
         "protocol lmtp {\n  mail_plugins = $mail_plugins notify push_notification\n}\n"
         "protocol lda {\n  mail_plugins = $mail_plugins notify push_notification\n}\n"
+        "# lets inboxlink register each mailbox itself (INBOXLINK_DOVECOT_PUSH_REGISTER=true)\n"
+        "protocol imap {\n  imap_metadata = yes\n}\n"
         "plugin {\n"
         f"  push_notification_driver = ox:url={endpoint.replace('%', '%%')} timeout_msecs=1000\n"
         "}\n"
