@@ -138,10 +138,29 @@ class History:
         return f"{op} {folder}:{uid}" + (f" -> {other}" if op in ("copy", "move") else "")
 
 
-@pytest.mark.parametrize("seed", range(12))
+CASES = [(seed, "qresync") for seed in range(12)] + [
+    (seed, caps) for caps in ("condstore-only", "plain", "headers-then-full") for seed in range(12, 16)
+]
+
+
+@pytest.mark.parametrize(("seed", "case"), CASES)
 def test_random_histories_stay_exactly_in_sync(
-    seed: int, rt: Runtime, dovecot: Dovecot, mail_user: MailUser
+    seed: int, case: str, rt: Runtime, dovecot: Dovecot, mail_user: MailUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """`case`: the server's extensions as offered (QRESYNC), CONDSTORE only, or neither (a UID and
+    flags diff); or headers-only syncs for the first half of the history, full ones after."""
+    if case in ("condstore-only", "plain"):
+        from inboxlink.providers.imap import provider as imap_provider
+
+        hidden = {"QRESYNC"} if case == "condstore-only" else {"QRESYNC", "CONDSTORE"}
+        real_connect = imap_provider.ImapProvider._connect
+
+        def connect_hiding(self: imap_provider.ImapProvider) -> object:
+            client = real_connect(self)
+            self._caps = self._caps - hidden
+            return client
+
+        monkeypatch.setattr(imap_provider.ImapProvider, "_connect", connect_hiding)
     for folder in FOLDERS[1:]:
         dovecot.create_folder(mail_user.email, folder)
     config = ImapConfig(
@@ -156,12 +175,13 @@ def test_random_histories_stay_exactly_in_sync(
     try:
         history = History(seed, imap, dovecot, mail_user)
         done: list[str] = []
-        for _round in range(14):
+        for round_ in range(14):
             _held, uids = server_placements(imap)
             for _ in range(history.rng.randint(1, 4)):
                 done.append(history.step(uids))
                 _held, uids = server_placements(imap)
-            report = rt.engine.sync(account)
+            headers_only = case == "headers-then-full" and round_ < 7
+            report = rt.engine.sync(account, headers_only=True if headers_only else None)
             assert report.status == "connected", report.reason
             server, _uids = server_placements(imap)
             ours, rows = stored_placements(rt, account)
@@ -170,7 +190,7 @@ def test_random_histories_stay_exactly_in_sync(
             assert rows == len({(mid, size) for (_f, mid, size, _fl) in server}), (
                 f"seed {seed}, after: {done}"
             )
-            again = rt.engine.sync(account)
+            again = rt.engine.sync(account, headers_only=True if headers_only else None)
             assert again.fetched == 0, f"seed {seed}: a second sync downloaded {again.fetched}"
     finally:
         imap.logout()
