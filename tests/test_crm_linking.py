@@ -177,6 +177,38 @@ def test_records_added_later_relink_past_mail_and_changes_unlink(
     assert team.c.get(f"/api/v1/records/company/{co}/timeline").status_code == 404
 
 
+def test_removing_a_record_hands_its_mail_to_the_next_in_line(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    """A subdomain's company goes: the parent domain's company takes its mail. One of two companies
+    claiming a domain (a review question) goes, or drops the domain: the other one takes the mail,
+    and the question goes."""
+    me = mail_user.email
+    raw1, m1 = mail("ops@eu.parent.example", me, "from the subsidiary")
+    raw2, m2 = mail("sales@twin.example", me, "from a shared domain")
+    for raw in (raw1, raw2):
+        dovecot.deliver_lmtp(me, raw)
+    team.sync(team.pair(mail_user))
+    parent = team.record("company", name="Parent", domains=["parent.example"])
+    sub = team.record("company", name="Parent EU", domains=["eu.parent.example"])
+    assert (
+        set(by_mid(team.timeline("company", sub))) == {m1} and by_mid(team.timeline("company", parent)) == {}
+    )
+    assert team.c.delete(f"/api/v1/records/company/{sub}").status_code == 204
+    taken = by_mid(team.timeline("company", parent))
+    assert set(taken) == {m1} and taken[m1]["rule"] == "domain"
+    one = team.record("company", name="Twin One", domains=["twin.example"])
+    two = team.record("company", name="Twin Two", domains=["twin.example"])
+    queue = team.c.get("/api/v1/review").json()
+    assert [sorted(q["candidates"]) for q in queue] == [sorted([one, two])]
+    assert team.c.delete(f"/api/v1/records/company/{one}").status_code == 204
+    assert set(by_mid(team.timeline("company", two))) == {m2} and team.c.get("/api/v1/review").json() == []
+    three = team.record("company", name="Twin Three", domains=["twin.example"])
+    assert len(team.c.get("/api/v1/review").json()) == 1 and by_mid(team.timeline("company", two)) == {}
+    team.c.patch(f"/api/v1/records/company/{two}", json={"domains": ["other-twin.example"]})
+    assert set(by_mid(team.timeline("company", three))) == {m2} and team.c.get("/api/v1/review").json() == []
+
+
 def test_replies_inherit_the_thread_links_in_either_order(
     team: Team, dovecot: Dovecot, mail_user: MailUser
 ) -> None:

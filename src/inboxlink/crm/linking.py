@@ -688,10 +688,21 @@ def recompute(conn: Connection, message_ids: Iterable[int]) -> None:
     link_messages(conn, load_facts(conn, ids))
 
 
-def _candidates(conn: Connection, record_ids: Sequence[str]) -> set[int]:
-    """Messages whose links could change when these records change: those linked to them now (and
-    to the people of their deals), and those that mention their addresses, domains or tokens."""
+def affected_by(conn: Connection, record_ids: Sequence[str]) -> set[int]:
+    """Messages whose links could change when these records change or go: those linked to them now
+    (and to the people of their deals), those with an open review question offering one of them,
+    and those that mention their addresses, domains or tokens. Call before deleting a record."""
     found: set[int] = set()
+    wanted = set(record_ids)
+    found.update(
+        r.message_id
+        for r in conn.execute(
+            select(review_items.c.message_id, review_items.c.candidates).where(
+                review_items.c.status == "open"
+            )
+        )
+        if wanted & set(r.candidates or [])
+    )
     person_ids = set(record_ids)
     rows = conn.execute(
         select(records.c.id, records.c.type, records.c.token, records.c.person_id).where(
@@ -762,12 +773,14 @@ def _candidates(conn: Connection, record_ids: Sequence[str]) -> set[int]:
 def relink_records(conn: Connection, record_ids: Sequence[str]) -> None:
     """Records were created or changed: decide again for every message they could concern."""
     bump(conn)
-    recompute(conn, _candidates(conn, record_ids))
+    recompute(conn, affected_by(conn, record_ids))
 
 
-def forget_record(conn: Connection, record_id: str) -> None:
-    """A record was deleted. Its links went with its row (the foreign key cascades, thread links
-    included); what is left is the open review questions that offered it."""
+def forget_record(conn: Connection, record_id: str, affected: Iterable[int]) -> None:
+    """A record was deleted; `affected` is what `affected_by` said before. Its links went with its
+    row (the foreign key cascades, thread links included); the open review questions that offered
+    it go too, and its mail is decided again: a subdomain's company gone, the parent domain's
+    company takes its mail; one of two companies claiming a domain gone, the other one does."""
     bump(conn)
     stale = [
         r.id
@@ -778,6 +791,7 @@ def forget_record(conn: Connection, record_id: str) -> None:
     ]
     if stale:
         conn.execute(delete(review_items).where(review_items.c.id.in_(stale)))
+    recompute(conn, affected)
 
 
 def purge_blocked(conn: Connection, value: str) -> int:

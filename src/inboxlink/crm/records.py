@@ -225,10 +225,11 @@ class RecordService:
     def delete(self, record_id: str) -> None:
         with self.db.engine.begin() as conn:
             load(conn, record_id)
+            affected = linking.affected_by(conn, [record_id])
             conn.execute(update(records).where(records.c.person_id == record_id).values(person_id=None))
             conn.execute(update(records).where(records.c.company_id == record_id).values(company_id=None))
             conn.execute(delete(records).where(records.c.id == record_id))
-            linking.forget_record(conn, record_id)
+            linking.forget_record(conn, record_id, affected)
 
     def get(self, record_id: str) -> Record:
         with self.db.engine.connect() as conn:
