@@ -14,12 +14,14 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
+import pytest
 import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import select
 
 from inboxlink.api.app import create_app
 from inboxlink.config import Settings
+from inboxlink.providers.imap.provider import ImapConfig
 from inboxlink.runtime import Runtime
 from inboxlink.store.db import Database
 from inboxlink.store.schema import folders, messages, placements
@@ -157,3 +159,34 @@ def serving(settings_for: Callable[[str], Settings]) -> Iterator[tuple[str, Runt
         thread.join(timeout=30)
         sock.close()
         rt.close()
+
+
+def config_for(user: MailUser, **kw: object) -> ImapConfig:
+    """The IMAP settings of a test mailbox on the private Dovecot (plaintext, loopback)."""
+    base: dict[str, object] = dict(
+        email=user.email, imap_host=user.host, imap_port=user.port, username=user.email, security="none"
+    )
+    base.update(kw)
+    return ImapConfig(**base)  # type: ignore[arg-type]
+
+
+def pair(rt: Runtime, user: MailUser, password: str | None = None) -> str:
+    return rt.accounts.pair_imap(config_for(user), password or user.password).id
+
+
+def offer_only(monkeypatch: pytest.MonkeyPatch, extensions: str) -> None:
+    """Make the IMAP provider see the server as offering QRESYNC ("qresync": as it is), CONDSTORE
+    only ("condstore-only"), or neither ("plain": the UID and flags diff)."""
+    from inboxlink.providers.imap import provider as imap_provider
+
+    if extensions == "qresync":
+        return
+    hidden = {"QRESYNC"} if extensions == "condstore-only" else {"QRESYNC", "CONDSTORE"}
+    real_connect = imap_provider.ImapProvider._connect
+
+    def connect_hiding(self: imap_provider.ImapProvider) -> object:
+        client = real_connect(self)
+        self._caps = self._caps - hidden
+        return client
+
+    monkeypatch.setattr(imap_provider.ImapProvider, "_connect", connect_hiding)

@@ -17,7 +17,16 @@ from inboxlink.providers.imap.provider import ImapConfig
 from inboxlink.runtime import Runtime
 from inboxlink.testing.dovecot import Dovecot, MailUser
 from inboxlink.testing.mailgen import generate
-from tests.support import imap_session, local_state, make_message, message_rows, server_state
+from tests.support import (
+    config_for,
+    imap_session,
+    local_state,
+    make_message,
+    message_rows,
+    offer_only,
+    pair,
+    server_state,
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -33,18 +42,6 @@ def rt(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runtime]:
     )
     yield runtime
     runtime.close()
-
-
-def config_for(user: MailUser, **kw: object) -> ImapConfig:
-    base: dict[str, object] = dict(
-        email=user.email, imap_host=user.host, imap_port=user.port, username=user.email, security="none"
-    )
-    base.update(kw)
-    return ImapConfig(**base)  # type: ignore[arg-type]
-
-
-def pair(rt: Runtime, user: MailUser, password: str | None = None) -> str:
-    return rt.accounts.pair_imap(config_for(user), password or user.password).id
 
 
 def fill(dovecot: Dovecot, user: MailUser) -> None:
@@ -89,18 +86,7 @@ def test_incremental_add_flag_expunge_move(
 ) -> None:
     """The same changes are found whichever extensions the server offers: QRESYNC, CONDSTORE only,
     or neither (a UID/flags diff)."""
-    from inboxlink.providers.imap import provider as imap_provider
-
-    if caps != "qresync":
-        hidden = {"QRESYNC"} if caps == "condstore-only" else {"QRESYNC", "CONDSTORE"}
-        real_connect = imap_provider.ImapProvider._connect
-
-        def connect_hiding(self: imap_provider.ImapProvider) -> object:
-            client = real_connect(self)
-            self._caps = self._caps - hidden
-            return client
-
-        monkeypatch.setattr(imap_provider.ImapProvider, "_connect", connect_hiding)
+    offer_only(monkeypatch, caps)
     fill(dovecot, mail_user)
     account = pair(rt, mail_user)
     rt.engine.sync(account)

@@ -26,10 +26,10 @@ from sqlalchemy import select
 
 from inboxlink.config import Settings
 from inboxlink.crm.records import RecordInput
-from inboxlink.providers.imap.provider import ImapConfig
 from inboxlink.runtime import Runtime
 from inboxlink.store.schema import links, messages
 from inboxlink.testing.dovecot import Dovecot, MailUser
+from tests.support import pair
 
 DOMAINS = ["acme.example", "globex.example", "initech.example", "umbrella.example", "mail.acme.example"]
 FREEMAIL = "gmail.com"
@@ -167,14 +167,7 @@ def test_links_equal_the_rules_whatever_came_first(
     seed: int, rt: Runtime, dovecot: Dovecot, mail_user: MailUser
 ) -> None:
     world = World(seed, rt, dovecot, mail_user)
-    config = ImapConfig(
-        email=mail_user.email,
-        imap_host=mail_user.host,
-        imap_port=mail_user.port,
-        username=mail_user.email,
-        security="none",
-    )
-    account = rt.accounts.pair_imap(config, mail_user.password).id
+    account = pair(rt, mail_user)
     for phase in range(8):
         if world.rng.random() < 0.5:
             world.change_records(world.rng.randint(1, 4))

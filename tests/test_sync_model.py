@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 
 from inboxlink.config import Settings
-from inboxlink.providers.imap.provider import ImapConfig
 from inboxlink.runtime import Runtime
 from inboxlink.testing.dovecot import Dovecot, MailUser
-from tests.support import imap_session, make_message
+from tests.support import imap_session, make_message, offer_only, pair
 
 FOLDERS = ("INBOX", "Archive", "Sent", "Work")
 # (folder, Message-ID or "?", RFC822.SIZE, flags) -> how many placements
@@ -149,28 +148,10 @@ def test_random_histories_stay_exactly_in_sync(
 ) -> None:
     """`case`: the server's extensions as offered (QRESYNC), CONDSTORE only, or neither (a UID and
     flags diff); or headers-only syncs for the first half of the history, full ones after."""
-    if case in ("condstore-only", "plain"):
-        from inboxlink.providers.imap import provider as imap_provider
-
-        hidden = {"QRESYNC"} if case == "condstore-only" else {"QRESYNC", "CONDSTORE"}
-        real_connect = imap_provider.ImapProvider._connect
-
-        def connect_hiding(self: imap_provider.ImapProvider) -> object:
-            client = real_connect(self)
-            self._caps = self._caps - hidden
-            return client
-
-        monkeypatch.setattr(imap_provider.ImapProvider, "_connect", connect_hiding)
+    offer_only(monkeypatch, case if case in ("condstore-only", "plain") else "qresync")
     for folder in FOLDERS[1:]:
         dovecot.create_folder(mail_user.email, folder)
-    config = ImapConfig(
-        email=mail_user.email,
-        imap_host=mail_user.host,
-        imap_port=mail_user.port,
-        username=mail_user.email,
-        security="none",
-    )
-    account = rt.accounts.pair_imap(config, mail_user.password).id
+    account = pair(rt, mail_user)
     imap = imap_session(mail_user)
     try:
         history = History(seed, imap, dovecot, mail_user)
