@@ -209,6 +209,31 @@ def test_removing_a_record_hands_its_mail_to_the_next_in_line(
     assert set(by_mid(team.timeline("company", three))) == {m2} and team.c.get("/api/v1/review").json() == []
 
 
+def test_thread_links_follow_references_and_changes_of_the_parent(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    """A reply naming its ancestor only in References (its own parent never arrived) inherits the
+    ancestor's links when the ancestor arrives later; and when the ancestor loses a link, so does
+    the reply."""
+    me = mail_user.email
+    root, root_id = mail("buyer@corp.example", me, "Kick-off")
+    missing_parent_id = "never-arrives@corp.example"
+    reply, reply_id = mail("someone@else.example", me, "Re: Kick-off")
+    threading = f"In-Reply-To: <{missing_parent_id}>\r\nReferences: <{root_id}> <{missing_parent_id}>\r\n"
+    reply = reply.replace(b"Subject:", threading.encode() + b"Subject:", 1)
+    corp = team.record("company", name="Corp", domains=["corp.example"])
+    account = team.pair(mail_user)
+    dovecot.deliver_lmtp(me, reply)
+    team.sync(account)
+    assert reply_id not in by_mid(team.timeline("company", corp))
+    dovecot.deliver_lmtp(me, root)
+    team.sync(account)
+    got = by_mid(team.timeline("company", corp))
+    assert got[root_id]["rule"] == "domain" and got[reply_id]["rule"] == "thread"
+    team.c.patch(f"/api/v1/records/company/{corp}", json={"domains": ["corp-new.example"]})
+    assert by_mid(team.timeline("company", corp)) == {}, "the root lost its link, and so did its reply"
+
+
 def test_replies_inherit_the_thread_links_in_either_order(
     team: Team, dovecot: Dovecot, mail_user: MailUser
 ) -> None:

@@ -64,3 +64,49 @@ def test_blob_store_round_trip_and_segments(tmp_path: Path) -> None:
     store.close()
     other.close()
     assert oct((tmp_path / "blobs").stat().st_mode & 0o777) == "0o700"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_0004_fills_the_thread_root_of_stored_mail(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A database from before 0004 gets each message's thread root from what it already stored."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    import inboxlink.store.db as db_module
+
+    url = request.getfixturevalue("postgres_url") if backend == "postgres" else None
+    settings = Settings(home=tmp_path / "home", database_url=url)
+    settings.resolved_home.mkdir(parents=True)
+    engine = db_module.make_engine(settings.resolved_database_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(db_module.__file__).parent / "migrations"))
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0003")
+            conn.execute(
+                text(
+                    "INSERT INTO accounts (id, provider, email, config, status, status_reason, status_at, "
+                    "sync_mode, failures, created_at, visibility) VALUES ('a1', 'imap', 'a@x.example', '{}', "
+                    "'connected', 'ok', '2026-01-01', 'full', 0, '2026-01-01', 'everything')"
+                )
+            )
+            for i, (irt, refs) in enumerate(
+                [(None, None), ("p@x", '["root@x", "p@x"]'), ("p@x", None), (None, "[]")], start=1
+            ):
+                conn.execute(
+                    text(
+                        'INSERT INTO messages (id, account_id, provider_id, in_reply_to, "references", '
+                        "has_html, headers_only, created_at, updated_at) VALUES (:i, 'a1', :p, :irt, :refs, "
+                        "false, false, '2026-01-01', '2026-01-01')"
+                    ),
+                    {"i": i, "p": f"m{i}", "irt": irt, "refs": refs},
+                )
+            command.upgrade(cfg, "head")
+            roots = dict(conn.execute(text("SELECT id, thread_root FROM messages ORDER BY id")).all())
+    finally:
+        engine.dispose()
+    assert roots == {1: None, 2: "root@x", 3: "p@x", 4: None}

@@ -555,33 +555,48 @@ def _deal_contacts(conn: Connection, facts: Sequence[MessageFacts], ix: Index) -
     _write_reviews(conn, out)
 
 
+def _children(conn: Connection, frontier: Sequence[MessageFacts]) -> set[int]:
+    """Stored messages that answer one of these: In-Reply-To one of them, or naming one in
+    References (found through their thread's root, the first of References), or in the same
+    provider thread."""
+    mids = [f.message_id for f in frontier if f.message_id]
+    threads = {(f.account_id, f.thread_id) for f in frontier if f.thread_id}
+    child_ids: set[int] = set()
+    for chunk in _chunks(mids):
+        child_ids.update(
+            r.id for r in conn.execute(select(messages.c.id).where(messages.c.in_reply_to.in_(chunk)))
+        )
+    wanted = set(mids)
+    roots = sorted(wanted | {f.references[0] for f in frontier if f.references})
+    for chunk in _chunks(roots):
+        child_ids.update(
+            r.id
+            for r in conn.execute(
+                select(messages.c.id, messages.c.references).where(messages.c.thread_root.in_(chunk))
+            )
+            if wanted.intersection(r.references or ())
+        )
+    for account, thread in threads:
+        child_ids.update(
+            r.id
+            for r in conn.execute(
+                select(messages.c.id).where(messages.c.account_id == account, messages.c.thread_id == thread)
+            )
+        )
+    return child_ids
+
+
 def _pass_down(conn: Connection, facts: Sequence[MessageFacts], ix: Index) -> None:
-    """Replies stored before their parent gained links inherit them now (and their replies...)."""
+    """Replies stored before their parent gained links inherit them now (and their replies...).
+    Messages of `facts` are not spared: one may answer a reply outside them that gains links only
+    here (both stored in one batch, the reply between them stored earlier). Ends when a round adds
+    no link (inheriting is idempotent)."""
     frontier = [f for f in facts if f.message_id or f.thread_id]
-    seen = {f.id for f in facts}
     for _ in range(_MAX_THREAD_ROUNDS):
-        mids = [f.message_id for f in frontier if f.message_id]
-        threads = {(f.account_id, f.thread_id) for f in frontier if f.thread_id}
-        child_ids: set[int] = set()
-        for chunk in _chunks(mids):
-            child_ids.update(
-                r.id for r in conn.execute(select(messages.c.id).where(messages.c.in_reply_to.in_(chunk)))
-            )
-        for account, thread in threads:
-            child_ids.update(
-                r.id
-                for r in conn.execute(
-                    select(messages.c.id).where(
-                        messages.c.account_id == account, messages.c.thread_id == thread
-                    )
-                )
-            )
-        child_ids -= seen
+        child_ids = _children(conn, frontier) - {f.id for f in frontier}
         if not child_ids:
             return
-        children = load_facts(conn, sorted(child_ids))
-        seen |= child_ids
-        children = [c for c in children if _skip_reason(c, ix) is None]
+        children = [c for c in load_facts(conn, sorted(child_ids)) if _skip_reason(c, ix) is None]
         if not _inherit(conn, children, ix):
             return
         frontier = children
@@ -676,10 +691,20 @@ def load_facts(conn: Connection, ids: Sequence[int]) -> list[MessageFacts]:
 
 
 def recompute(conn: Connection, message_ids: Iterable[int]) -> None:
-    """Drop the automatic links and open review items of these messages and decide again."""
-    ids = sorted(set(message_ids))
-    if not ids:
+    """Drop the automatic links and open review items of these messages, and of the replies below
+    them (their thread links came from these: a parent that loses a link must take it from its
+    replies too), and decide again."""
+    wanted = set(message_ids)
+    if not wanted:
         return
+    frontier = load_facts(conn, sorted(wanted))
+    for _ in range(_MAX_THREAD_ROUNDS):
+        below = _children(conn, frontier) - wanted
+        if not below:
+            break
+        wanted |= below
+        frontier = load_facts(conn, sorted(below))
+    ids = sorted(wanted)
     for chunk in _chunks(ids):
         conn.execute(delete(links).where(links.c.message_id.in_(chunk), links.c.rule.not_in(USER_RULES)))
         conn.execute(

@@ -252,7 +252,7 @@ def count_messages(conn: Connection, account_id: str) -> int:
 _MESSAGE_COLUMNS = (
     "account_id", "provider_id", "message_id", "thread_id", "subject", "from_email", "from_name", "date",
     "internal_date", "size", "snippet", "text_body", "has_html", "recipients", "in_reply_to", "references",
-    "headers", "attachments", "headers_only", "parse_note", "blob", "created_at", "updated_at",
+    "headers", "attachments", "headers_only", "parse_note", "thread_root", "blob", "created_at", "updated_at",
 )  # fmt: skip
 _ADDRESS_COLUMNS = ("message_id", "role", "email", "name")
 
@@ -307,7 +307,7 @@ def _message_tuple(account_id: str, m: NewMessage, idate: Any, stamp: Any) -> tu
     r = m.row
     # _MESSAGE_COLUMNS order; r is (provider_id, message_id, subject, from_email, from_name, date,
     # snippet, text, has_html, recipients, in_reply_to, references, headers, attachments,
-    # headers_only, parse_note, addresses)
+    # headers_only, parse_note, addresses, thread_root)
     return (
         account_id,
         m.provider_id,
@@ -317,6 +317,7 @@ def _message_tuple(account_id: str, m: NewMessage, idate: Any, stamp: Any) -> tu
         idate,
         m.size,
         *r[6:16],
+        r[17],
         m.blob,
         stamp,
         stamp,

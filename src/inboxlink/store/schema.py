@@ -113,6 +113,9 @@ messages = Table(
     Column("recipients", JSON),  # {"to": [[email, name]], "cc": ..., "bcc": ..., "reply_to": ...}
     Column("in_reply_to", String(998)),
     Column("references", JSON),
+    # the first Message-ID of References, else In-Reply-To: finds the replies that name a message
+    # only in References (crm/linking._pass_down)
+    Column("thread_root", String(998)),
     Column("headers", JSON),
     Column("attachments", JSON),
     Column("headers_only", Boolean, nullable=False, default=False),
@@ -128,6 +131,7 @@ messages = Table(
     # thread links (crm/linking.py): replies by parent Message-ID, and provider threads
     Index("ix_messages_in_reply_to", "in_reply_to"),
     Index("ix_messages_account_thread", "account_id", "thread_id"),
+    Index("ix_messages_thread_root", "thread_root"),
 )
 
 placements = Table(

@@ -33,7 +33,7 @@ from inboxlink.store.mailstore import db_datetime
 # One prepared message:
 #   (provider_id, message_id, subject, from_email, from_name, date, snippet, text_body, has_html,
 #    recipients_json, in_reply_to, references_json, headers_json, attachments_json, headers_only,
-#    parse_note, [(role, email, name), ...])
+#    parse_note, [(role, email, name), ...], thread_root)
 Prepared = tuple[Any, ...]
 
 _EMPTY_LIST = "[]"
@@ -88,6 +88,7 @@ def prepare_batch(raws: Sequence[bytes], headers_only: bool, sqlite: bool) -> li
                 p.headers_only,
                 p.parse_note,
                 addresses,
+                p.references[0] if p.references else p.in_reply_to,
             ))  # fmt: skip
         return out
     finally:
