@@ -39,8 +39,14 @@ Link = tuple[str, str, str]  # (Message-ID, record id, rule)
 
 
 @pytest.fixture
-def rt(tmp_path: Path) -> Iterator[Runtime]:
-    runtime = Runtime.open(Settings(home=tmp_path / "home", allow_private_hosts=True))
+def rt(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Runtime]:
+    """SQLite, or PostgreSQL for the seeds marked so (re-linking's queries differ)."""
+    url = (
+        request.getfixturevalue("postgres_url")
+        if request.node.callspec.params["backend"] == "postgres"
+        else None
+    )
+    runtime = Runtime.open(Settings(home=tmp_path / "home", allow_private_hosts=True, database_url=url))
     yield runtime
     runtime.close()
 
@@ -200,9 +206,13 @@ class World:
         return {(r.message_id, r.record_id, r.rule) for r in rows}
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize(
+    ("seed", "backend"),
+    [(seed, "sqlite") for seed in range(40)]
+    + [pytest.param(seed, "postgres", marks=pytest.mark.postgres) for seed in range(40, 48)],
+)
 def test_links_equal_the_rules_whatever_came_first(
-    seed: int, rt: Runtime, dovecot: Dovecot, mail_user: MailUser
+    seed: int, backend: str, rt: Runtime, dovecot: Dovecot, mail_user: MailUser
 ) -> None:
     world = World(seed, rt, dovecot, mail_user)
     account = pair(rt, mail_user)

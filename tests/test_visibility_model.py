@@ -36,8 +36,15 @@ SENDERS = ["kim@buyer.example", "lou@buyer.example", "max@other.example", "noa@o
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(home=tmp_path / "home", allow_private_hosts=True))) as c:
+def client(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    """SQLite, or PostgreSQL for the seeds marked so (its search is another code path)."""
+    url = (
+        request.getfixturevalue("postgres_url")
+        if request.node.callspec.params["backend"] == "postgres"
+        else None
+    )
+    settings = Settings(home=tmp_path / "home", allow_private_hosts=True, database_url=url)
+    with TestClient(create_app(settings)) as c:
         yield c
 
 
@@ -57,9 +64,13 @@ def pair(c: TestClient, box: MailUser, owner: str, visibility: str) -> str:
     return account
 
 
-@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize(
+    ("seed", "backend"),
+    [(seed, "sqlite") for seed in range(10)]
+    + [pytest.param(seed, "postgres", marks=pytest.mark.postgres) for seed in range(10, 14)],
+)
 def test_nobody_sees_more_than_the_rules_allow(
-    seed: int, client: TestClient, dovecot: Dovecot, mail_user: MailUser
+    seed: int, backend: str, client: TestClient, dovecot: Dovecot, mail_user: MailUser
 ) -> None:
     rng = random.Random(seed)
     c = client
