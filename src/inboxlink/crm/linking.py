@@ -627,6 +627,7 @@ def link_messages(conn: Connection, facts: Sequence[MessageFacts]) -> None:
         if not _inherit(conn, live, ix):
             break
     _deal_contacts(conn, live, ix)
+    # (also among `facts`: the deal_contact links just made reach their replies only here)
     linked = _existing_links(conn, [f.id for f in live])
     _pass_down(conn, [f for f in live if linked.get(f.id)], ix)
 
@@ -690,6 +691,34 @@ def load_facts(conn: Connection, ids: Sequence[int]) -> list[MessageFacts]:
     return [facts[i] for i in ids if i in facts]
 
 
+def _thread_facts(conn: Connection, ids: Sequence[int]) -> list[MessageFacts]:
+    """Only what `_children` reads of these messages (no addresses, texts nor headers)."""
+    out: list[MessageFacts] = []
+    for chunk in _chunks(list(ids)):
+        out.extend(
+            MessageFacts(
+                id=r.id,
+                account_id=r.account_id,
+                message_id=r.message_id,
+                subject=None,
+                text=None,
+                addresses=[],
+                references=list(r.references or []),
+                thread_id=r.thread_id,
+            )
+            for r in conn.execute(
+                select(
+                    messages.c.id,
+                    messages.c.account_id,
+                    messages.c.message_id,
+                    messages.c.references,
+                    messages.c.thread_id,
+                ).where(messages.c.id.in_(chunk), messages.c.deleted_at.is_(None))
+            )
+        )
+    return out
+
+
 def recompute(conn: Connection, message_ids: Iterable[int]) -> None:
     """Drop the automatic links and open review items of these messages, and of the replies below
     them (their thread links came from these: a parent that loses a link must take it from its
@@ -697,13 +726,13 @@ def recompute(conn: Connection, message_ids: Iterable[int]) -> None:
     wanted = set(message_ids)
     if not wanted:
         return
-    frontier = load_facts(conn, sorted(wanted))
+    frontier = _thread_facts(conn, sorted(wanted))
     for _ in range(_MAX_THREAD_ROUNDS):
         below = _children(conn, frontier) - wanted
         if not below:
             break
         wanted |= below
-        frontier = load_facts(conn, sorted(below))
+        frontier = _thread_facts(conn, sorted(below))
     ids = sorted(wanted)
     for chunk in _chunks(ids):
         conn.execute(delete(links).where(links.c.message_id.in_(chunk), links.c.rule.not_in(USER_RULES)))
