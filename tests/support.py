@@ -190,3 +190,12 @@ def offer_only(monkeypatch: pytest.MonkeyPatch, extensions: str) -> None:
         return client
 
     monkeypatch.setattr(imap_provider.ImapProvider, "_connect", connect_hiding)
+
+
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """For a test parametrized with `backend`: PostgreSQL's URL (the session server) or None
+    (SQLite)."""
+    if request.node.callspec.params["backend"] != "postgres":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url

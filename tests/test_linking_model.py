@@ -29,7 +29,7 @@ from inboxlink.crm.records import RecordInput
 from inboxlink.runtime import Runtime
 from inboxlink.store.schema import links, messages
 from inboxlink.testing.dovecot import Dovecot, MailUser
-from tests.support import pair
+from tests.support import database_url, pair
 
 DOMAINS = ["acme.example", "globex.example", "initech.example", "umbrella.example", "mail.acme.example"]
 FREEMAIL = "gmail.com"
@@ -41,11 +41,7 @@ Link = tuple[str, str, str]  # (Message-ID, record id, rule)
 @pytest.fixture
 def rt(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Runtime]:
     """SQLite, or PostgreSQL for the seeds marked so (re-linking's queries differ)."""
-    url = (
-        request.getfixturevalue("postgres_url")
-        if request.node.callspec.params["backend"] == "postgres"
-        else None
-    )
+    url = database_url(request)
     runtime = Runtime.open(Settings(home=tmp_path / "home", allow_private_hosts=True, database_url=url))
     yield runtime
     runtime.close()

@@ -30,6 +30,7 @@ from fastapi.testclient import TestClient
 from inboxlink.api.app import create_app
 from inboxlink.config import Settings
 from inboxlink.testing.dovecot import Dovecot, MailUser
+from tests.support import database_url
 
 LEVELS = ["none", "metadata", "subject", "everything"]
 SENDERS = ["kim@buyer.example", "lou@buyer.example", "max@other.example", "noa@other.example"]
@@ -38,11 +39,7 @@ SENDERS = ["kim@buyer.example", "lou@buyer.example", "max@other.example", "noa@o
 @pytest.fixture
 def client(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TestClient]:
     """SQLite, or PostgreSQL for the seeds marked so (its search is another code path)."""
-    url = (
-        request.getfixturevalue("postgres_url")
-        if request.node.callspec.params["backend"] == "postgres"
-        else None
-    )
+    url = database_url(request)
     settings = Settings(home=tmp_path / "home", allow_private_hosts=True, database_url=url)
     with TestClient(create_app(settings)) as c:
         yield c

@@ -368,13 +368,9 @@ class AccountService:
     def syncable_by_email(self, provider: str, email: str) -> list[str]:
         """Ids of the `provider` accounts of mailbox `email` that may sync (a push names only the
         address); several when teammates paired the same mailbox."""
-        with self.db.engine.connect() as conn:
-            rows = conn.execute(
-                select(accounts.c.id, accounts.c.status).where(
-                    accounts.c.provider == provider, func.lower(accounts.c.email) == email.strip().lower()
-                )
-            ).all()
-        return [r.id for r in rows if AccountStatus(r.status) in SYNCABLE]
+        return self._syncable(
+            accounts.c.provider == provider, func.lower(accounts.c.email) == email.strip().lower()
+        )
 
     def syncable_imap_by_login(self, login: str, host: str | None = None) -> list[str]:
         """Ids of the IMAP accounts that may sync and log in as `login` (`config.username`), or whose
@@ -383,16 +379,17 @@ class AccountService:
         user names overlap). Case-insensitive; reads the plaintext config, no secret."""
         login = login.strip().lower()
         username = func.lower(accounts.c.config["username"].as_string())
-        query = select(accounts.c.id, accounts.c.status).where(
-            accounts.c.provider == "imap", or_(username == login, func.lower(accounts.c.email) == login)
-        )
+        where = [accounts.c.provider == "imap", or_(username == login, func.lower(accounts.c.email) == login)]
         if host is not None:
-            query = query.where(
-                func.lower(accounts.c.config["imap_host"].as_string()) == host.strip().lower()
-            )
+            where.append(func.lower(accounts.c.config["imap_host"].as_string()) == host.strip().lower())
+        return self._syncable(*where)
+
+    def _syncable(self, *where: Any) -> list[str]:
+        syncable = [s.value for s in SYNCABLE]
         with self.db.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return [r.id for r in rows if AccountStatus(r.status) in SYNCABLE]
+            return list(
+                conn.execute(select(accounts.c.id).where(accounts.c.status.in_(syncable), *where)).scalars()
+            )
 
     def transitions(self, account_id: str) -> list[Transition]:
         self.get(account_id)
@@ -423,7 +420,7 @@ class AccountService:
         keyset pages by row id, so a sync running meanwhile neither repeats nor skips a row. With
         `folder` (a key from `folders`) only the messages placed there. Returns the page and the
         `after` of the next page (None at the end)."""
-        from inboxlink.crm.timeline import iso_utc
+        from inboxlink.crm.timeline import iso_utc, participants
 
         self.get(account_id)
         if not 1 <= limit <= 1000:
@@ -474,7 +471,6 @@ class AccountService:
                     where[p.message_id].append({"folder": p.key, "remote_key": p.remote_key, "flags": flags})
         page = []
         for r in rows:
-            recipients = r.recipients or {}
             page.append(
                 {
                     "id": r.id,
@@ -482,9 +478,7 @@ class AccountService:
                     "provider_id": r.provider_id,
                     "thread_id": r.thread_id,
                     "subject": r.subject,
-                    "from": {"email": r.from_email, "name": r.from_name} if r.from_email else None,
-                    "to": [{"email": e, "name": n} for e, n in recipients.get("to", [])],
-                    "cc": [{"email": e, "name": n} for e, n in recipients.get("cc", [])],
+                    **participants(r),
                     "date": iso_utc(r.date),
                     "internal_date": iso_utc(r.internal_date),
                     "size": r.size,

@@ -146,10 +146,11 @@ def readable_copy(conn: Connection, viewer: Viewer, message_id: int) -> tuple[in
             r.id for r in conn.execute(select(messages.c.id).where(messages.c.message_id == row.message_id))
         ]
     levels = message_levels(conn, viewer, copies)
-    level, neg = max((lvl, -mid if mid != message_id else 1) for mid, lvl in levels.items())
-    if level == Level.NONE:
+    # the best level; on a tie the row asked for, else the oldest row
+    shown = max(levels, key=lambda mid: (levels[mid], mid == message_id, -mid))
+    if levels[shown] == Level.NONE:
         raise NotFound(f"no message {message_id}")
-    return (message_id if neg == 1 else -neg), level
+    return shown, levels[shown]
 
 
 def entry_keys(conn: Connection, message_ids: Iterable[int]) -> dict[int, str]:

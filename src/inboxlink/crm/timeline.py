@@ -36,6 +36,15 @@ RULE_ORDER = {
 }
 
 
+def participants(r: Any, roles: tuple[str, ...] = ("to", "cc")) -> dict[str, Any]:
+    """A message row's sender and recipients (`roles` of its `recipients`) as the API shows them."""
+    recipients = r.recipients or {}
+    return {
+        "from": {"email": r.from_email, "name": r.from_name} if r.from_email else None,
+        **{role: [{"email": e, "name": n} for e, n in recipients.get(role, [])] for role in roles},
+    }
+
+
 def iso_utc(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -115,7 +124,6 @@ def summaries(
             ).where(messages.c.id.in_(ids[i : i + 500]), messages.c.deleted_at.is_(None))
         ):
             level = levels[r.id]
-            recipients = r.recipients or {}
             when = r.date or r.internal_date
             out.append(
                 (
@@ -125,9 +133,7 @@ def summaries(
                         "id": r.id,
                         "message_id": r.message_id,
                         "date": iso_utc(when),
-                        "from": {"email": r.from_email, "name": r.from_name} if r.from_email else None,
-                        "to": [{"email": e, "name": n} for e, n in recipients.get("to", [])],
-                        "cc": [{"email": e, "name": n} for e, n in recipients.get("cc", [])],
+                        **participants(r),
                         "visibility": level.name.lower(),
                         "subject": r.subject if level >= Level.SUBJECT else None,
                         "snippet": r.snippet if level >= Level.EVERYTHING else None,
@@ -164,17 +170,12 @@ def message_detail(conn: Connection, blobs: BlobStore, viewer: Viewer, message_i
     the text with its quoted history folded away, attachments, and the links with their reasons."""
     shown, level = readable_copy(conn, viewer, message_id)
     r = conn.execute(select(messages).where(messages.c.id == shown)).one()
-    recipients = r.recipients or {}
     out: dict[str, Any] = {
         "id": r.id,
         "message_id": r.message_id,
         "thread_id": r.thread_id,
         "date": iso_utc(r.date or r.internal_date),
-        "from": {"email": r.from_email, "name": r.from_name} if r.from_email else None,
-        **{
-            role: [{"email": e, "name": n} for e, n in recipients.get(role, [])]
-            for role in ("to", "cc", "reply_to")
-        },
+        **participants(r, ("to", "cc", "reply_to")),
         "visibility": level.name.lower(),
         "subject": r.subject if level >= Level.SUBJECT else None,
         "in_reply_to": r.in_reply_to,
