@@ -26,7 +26,10 @@ over 512 bytes, arenas of small ones), so OpenSSL's share is roughly in-use minu
 Variants (`--variants`, comma-separated; default all):
 
     plain         no TLS: the connection's own cost (socket, transport, _Wire, _Session, task)
-    tls           the watcher as it is (TLS 1.3, default context, certificate verified)
+    handoff       the watcher as it is: TLS 1.3 (default context, certificate verified) by OpenSSL,
+                  then handed off to tls13.RecordLayer and OpenSSL's connection freed
+    tls           OpenSSL keeping the session for the connection's life (push_tls_handoff off);
+                  every variant below is this one with one thing changed
     trim          tls, then glibc malloc_trim(0) before each snapshot
     arena1        tls with MALLOC_ARENA_MAX=1 (every thread allocates in the main arena)
     mainthread    tls with the loop in the main thread (main arena, as `inboxlink watch`)
@@ -87,6 +90,7 @@ USER = "tlsmem@inboxlink.test"
 PASSWORD = "bench-password-1"
 VARIANTS = (
     "plain",
+    "handoff",
     "tls",
     "trim",
     "arena1",
@@ -178,10 +182,12 @@ def child(variant: str, port: int, ca: str, small: int, large: int, trace: bool,
     import tracemalloc
 
     from inboxlink.sync.push import _Session, _Wire
+    from inboxlink.sync.tls13 import KeyLog
 
     tls = variant != "plain"
     stop_at_greeting = variant == "handshake"
     context = build_context(variant, ca) if tls else None
+    keylog = KeyLog(context) if context is not None and variant == "handoff" else None
     wires: list[_Wire] = []
     sessions: list[_Session] = []
     lib = _libssl() if tls else None
@@ -191,7 +197,7 @@ def child(variant: str, port: int, ca: str, small: int, large: int, trace: bool,
         deadline = loop.time() + 60
         _, wire = await loop.create_connection(lambda: _Wire(loop, scratch), "127.0.0.1", port)
         if context is not None:
-            await wire.start_tls(context, "127.0.0.1", deadline)
+            await wire.start_tls(context, "127.0.0.1", deadline, keylog)
             mark("handshake")
         session = _Session(wire, 60)
         greeting = await wire.readline(deadline)
@@ -246,6 +252,7 @@ def child(variant: str, port: int, ca: str, small: int, large: int, trace: bool,
             await asyncio.sleep(1.0)  # let late server lines (and tickets) arrive
 
         await open_until(WARMUP)
+        info["kept_by"] = wires[0].tls if wires else None
         if wires and wires[0]._tls is not None and lib is not None:
             tls_obj = wires[0]._tls
             info["protocol"] = tls_obj.version()
@@ -394,7 +401,7 @@ def per_connection(run: dict[str, Any], traced: dict[str, Any]) -> dict[str, Any
     }  # bytes -> KB
     row["rss"] = round((b["rss_kb"] - a["rss_kb"]) / span, 2)
     row["python"] = round((traced["large"]["python"] - traced["small"]["python"]) / span / 1024, 2)
-    for k in ("protocol", "cipher", "release_buffers", "stages"):
+    for k in ("kept_by", "protocol", "cipher", "release_buffers", "stages"):
         if k in run:
             row[k] = run[k]
     return row

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     push_idle_refresh_seconds: float = Field(
         default=1740.0, gt=0, le=1740.0, description="re-issue IMAP IDLE this often (RFC 2177: <= 29 min)"
     )
+    push_tls_handoff: bool = Field(
+        default=True,
+        description="after a TLS 1.3 handshake an IMAP watch keeps only its traffic keys (~0.6 KB), "
+        "not OpenSSL's connection (~21 KB); the keys are read from OpenSSL's key log, held in memory",
+    )
     connect_timeout_seconds: float = 20.0
     backoff_max_seconds: float = 300.0
     backoff_attempts_before_error: int = 3
