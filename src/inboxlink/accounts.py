@@ -52,6 +52,7 @@ class AccountView:
     last_sync_at: datetime | None
     last_error: str | None
     message_count: int
+    placement_count: int
     sync_mode: str
     config: dict[str, Any]
     capabilities: dict[str, Any] | None
@@ -347,6 +348,7 @@ class AccountService:
             if row is None:
                 raise NotFound(f"no account {account_id}")
             count = mailstore.count_messages(conn, account_id)
+            in_folders = mailstore.count_placements(conn, account_id)
         return AccountView(
             id=row.id,
             provider=row.provider,
@@ -358,6 +360,7 @@ class AccountService:
             last_sync_at=row.last_sync_at,
             last_error=row.last_error,
             message_count=int(count),
+            placement_count=int(in_folders),
             sync_mode=row.sync_mode,
             config=dict(row.config or {}),
             capabilities=row.capabilities,

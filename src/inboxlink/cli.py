@@ -346,6 +346,7 @@ def _account_json(v: Any) -> dict[str, Any]:
         "status_reason": v.status_reason,
         "last_sync_at": v.last_sync_at,
         "messages": v.message_count,
+        "placements": v.placement_count,
         "last_error": v.last_error,
     }
 

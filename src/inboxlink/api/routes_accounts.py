@@ -52,7 +52,8 @@ class AccountOut(BaseModel):
     created_at: datetime
     last_sync_at: datetime | None
     last_error: str | None
-    message_count: int
+    message_count: int = Field(description="messages; one stored in two folders counts once")
+    placement_count: int = Field(description="their copies in folders, as the server counts them")
     sync_mode: str
     config: dict[str, Any]
     capabilities: dict[str, Any] | None

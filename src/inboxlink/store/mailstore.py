@@ -249,6 +249,16 @@ def count_messages(conn: Connection, account_id: str) -> int:
     return n
 
 
+def count_placements(conn: Connection, account_id: str) -> int:
+    """Copies in folders: what the server counts (one per message per folder it is in)."""
+    n: int = conn.execute(
+        select(func.count())
+        .select_from(placements.join(folders, folders.c.id == placements.c.folder_id))
+        .where(folders.c.account_id == account_id)
+    ).scalar_one()
+    return n
+
+
 _MESSAGE_COLUMNS = (
     "account_id", "provider_id", "message_id", "thread_id", "subject", "from_email", "from_name", "date",
     "internal_date", "size", "snippet", "text_body", "has_html", "recipients", "in_reply_to", "references",

@@ -71,7 +71,8 @@ class SyncReport:
     account: str
     status: str
     reason: str | None = None
-    messages: int = 0  # messages in the account after the run
+    messages: int = 0  # messages in the account after the run (a copy in two folders: one)
+    placements: int = 0  # their copies in folders, as the server counts them
     fetched: int = 0  # messages downloaded by this run
     fetched_bytes: int = 0
     seconds: float = 0.0
@@ -83,6 +84,7 @@ class SyncReport:
             "status": self.status,
             "reason": self.reason,
             "messages": self.messages,
+            "placements": self.placements,
             "fetched": self.fetched,
             "fetched_bytes": self.fetched_bytes,
             "seconds": self.seconds,
@@ -199,6 +201,7 @@ class SyncEngine:
         report.seconds = round(time.monotonic() - started, 3)
         with self.db.engine.connect() as conn:
             report.messages = mailstore.count_messages(conn, account_id)
+            report.placements = mailstore.count_placements(conn, account_id)
             row = conn.execute(
                 select(accounts.c.status, accounts.c.status_reason).where(accounts.c.id == account_id)
             ).one()
