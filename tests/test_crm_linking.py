@@ -616,3 +616,102 @@ def test_a_shared_copy_never_opens_another_message_with_its_message_id(
     assert raw.status_code == 200 and b"shared words" in raw.content and b"private words" not in raw.content
     own = team.c.get(f"/api/v1/messages/{alice_row}", headers={"Authorization": f"Bearer {alice['token']}"})
     assert own.json()["id"] == alice_row and "private words" in own.json()["text"], "the owner sees her own"
+
+
+def test_a_settings_change_decides_past_mail_again(team: Team, dovecot: Dovecot, mail_user: MailUser) -> None:
+    """Which record types link, and whether internal mail is skipped, apply to the mail already
+    stored at once (not only once something re-links it)."""
+    me = mail_user.email
+    team.user("Mate", "mate@inboxlink.test")
+    kim = team.record("person", name="Kim", emails=["kim@buyer.example"])
+    intern = team.record("person", name="Intern", emails=["intern@inboxlink.test"])
+    raw1, m1 = mail("kim@buyer.example", me, "hello")
+    raw2, m2 = mail("mate@inboxlink.test", me, "lunch", cc="intern@inboxlink.test")
+    for raw in (raw1, raw2):
+        dovecot.deliver_lmtp(me, raw)
+    team.sync(team.pair(mail_user))
+    assert set(by_mid(team.timeline("person", kim))) == {m1} and team.timeline("person", intern) == []
+    team.c.patch("/api/v1/settings/linking", json={"auto_link": ["company", "deal"]})
+    assert team.timeline("person", kim) == []
+    team.c.patch("/api/v1/settings/linking", json={"auto_link": ["person"], "exclude_internal": False})
+    assert set(by_mid(team.timeline("person", kim))) == {m1}
+    assert set(by_mid(team.timeline("person", intern))) == {m2}
+
+
+def test_people_created_from_mail_link_all_their_mail_and_stay_deleted(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    """A person created from sent mail is a record like any other: the mail stored before (and the
+    rest of the same sync) links to them. Deleting them re-decides that mail without creating them
+    again. A colleague at the team's domain is never created as a contact."""
+    me = mail_user.email
+    account = team.pair(mail_user)
+    earlier, earlier_id = mail("New Client <new@client.example>", me, "a question")
+    dovecot.deliver_lmtp(me, earlier)
+    team.sync(account)
+    assert team.c.get("/api/v1/records/person").json() == []  # policy none
+    team.c.patch("/api/v1/settings/linking", json={"auto_create": "sent"})
+    sent1, sent1_id = mail(me, "new@client.example", "proposal", cc="colleague@inboxlink.test")
+    sent2, sent2_id = mail(me, "new@client.example", "proposal, again")
+    dovecot.write_messages(me, "Sent", [sent1, sent2])
+    team.sync(account)
+    [person] = team.c.get("/api/v1/records/person").json()
+    assert person["emails"] == ["new@client.example"] and person["origin"] == "auto"
+    assert set(by_mid(team.timeline("person", person["id"]))) == {earlier_id, sent1_id, sent2_id}
+    assert team.c.delete(f"/api/v1/records/person/{person['id']}").status_code == 204
+    assert team.c.get("/api/v1/records/person").json() == []
+
+
+def test_blocking_a_parent_takes_its_links_from_the_replies(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    me = mail_user.email
+    corp = team.record("company", name="Corp", domains=["corp.example"])
+    root, root_id = mail("buyer@corp.example", me, "Kick-off")
+    reply, reply_id = mail(me, "someone@else.example", "Re: Kick-off", reply_to_msgid=root_id)
+    dovecot.deliver_lmtp(me, root)
+    dovecot.write_messages(me, "Sent", [reply])
+    team.sync(team.pair(mail_user))
+    assert set(by_mid(team.timeline("company", corp))) == {root_id, reply_id}
+    assert team.c.post("/api/v1/blocklist", json={"value": "buyer@corp.example"}).status_code == 201
+    assert team.timeline("company", corp) == [], "the reply inherited its link from blocked mail"
+    assert team.c.delete("/api/v1/blocklist/buyer@corp.example").status_code == 204
+    assert set(by_mid(team.timeline("company", corp))) == {root_id, reply_id}
+
+
+def test_choosing_a_person_in_the_review_queue_brings_their_only_open_deal(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    me = mail_user.email
+    pat = team.record("person", name="Pat", emails=["desk@shop.example"])
+    team.record("person", name="Sam", emails=["desk@shop.example"])
+    deal = team.record("deal", name="Pat's", token="P-1", person_id=pat)
+    raw, mid = mail("desk@shop.example", me, "question")
+    dovecot.deliver_lmtp(me, raw)
+    team.sync(team.pair(mail_user))
+    [item] = team.c.get("/api/v1/review").json()
+    assert item["kind"] == "person"
+    assert team.c.post(f"/api/v1/review/{item['id']}", json={"record_id": pat}).status_code == 200
+    got = by_mid(team.timeline("deal", deal))
+    assert set(got) == {mid} and got[mid]["rule"] == "deal_contact"
+
+
+def test_a_reply_synced_with_its_parent_stays_on_the_parents_deal(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    """The parent is on Pat's only open deal (deal_contact). Its reply, from Lee who has a deal of
+    his own, inherits the parent's deal, whether it is synced with the parent or after it, rather
+    than asking which of the two deals it is about."""
+    me = mail_user.email
+    pat = team.record("person", name="Pat", emails=["pat@shop.example"])
+    lee = team.record("person", name="Lee", emails=["lee@shop.example"])
+    pats = team.record("deal", name="Pat's", token="S-1", person_id=pat)
+    team.record("deal", name="Lee's", token="S-2", person_id=lee)
+    root, root_id = mail("pat@shop.example", me, "order")
+    reply, reply_id = mail("lee@shop.example", me, "Re: order", reply_to_msgid=root_id)
+    dovecot.deliver_lmtp(me, reply)
+    dovecot.deliver_lmtp(me, root)
+    team.sync(team.pair(mail_user))
+    got = by_mid(team.timeline("deal", pats))
+    assert got[root_id]["rule"] == "deal_contact" and got[reply_id]["rule"] == "thread"
+    assert team.c.get("/api/v1/review").json() == []

@@ -298,10 +298,11 @@ def set_link_settings(body: SettingsBody, rt: RuntimeDep, viewer: ViewerDep) -> 
     _system_only(viewer, "changing the linking settings")
     with rt.db.engine.begin() as conn:
         s = crm_settings.load(conn)
+        before = crm_settings.load(conn)
         for key, value in body.model_dump(exclude_none=True).items():
             setattr(s, key, value)
         crm_settings.save(conn, s)
-        linking.bump(conn)
+        linking.settings_changed(conn, before)
         return s.to_dict()
 
 

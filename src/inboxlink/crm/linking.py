@@ -21,13 +21,15 @@ several open deals -> a `review_items` row with the candidates; a user picks one
 Contact auto-creation (settings.auto_create): none / sent (recipients of the team's sent mail) /
 sent_and_received (also senders of received mail); never from automated or list mail (List-Id,
 List-Unsubscribe, Precedence bulk/list/junk, Auto-Submitted, no-reply senders), the team's own
-addresses, or blocked ones.
+addresses and domains, or blocked ones; only when mail is synced, never when past mail is decided
+again. A person created from mail re-links the mail stored before, like any new record.
 
-Order of work for a set S (`link_messages`): direct links (participant, domain, token, auto-created)
--> thread links from parents, repeated while replies inside S gain some -> deal_contact / deal review
--> thread links passed down to replies outside S. Re-linking (`relink_records`) first removes the
-automatic links and open review items of every message that might change, then runs the same steps:
-one code path decides, whether the mail or the record came first.
+Order of work for a set S (`link_messages`): people created from S -> direct links (participant,
+domain, token) -> per generation of S in thread order (parents first): thread links from parents,
+then deal_contact / deal review -> thread links passed down to replies outside S. Re-linking
+(`relink_records`, settings and blocklist changes, review answers) first removes the automatic
+links and open review items of every message that might change, then runs the same steps: one code
+path decides, whether the mail or the record came first.
 """
 
 from __future__ import annotations
@@ -263,7 +265,7 @@ def _skip_reason(f: MessageFacts, ix: Index) -> str | None:
     return None
 
 
-def _direct(f: MessageFacts, ix: Index, out: _Outcome) -> None:
+def _direct(f: MessageFacts, ix: Index, out: _Outcome, *, create: bool = False) -> None:
     auto = ix.settings.auto_link
     own = ix.account_email.get(f.account_id, "")
     seen: set[str] = set()
@@ -280,7 +282,7 @@ def _direct(f: MessageFacts, ix: Index, out: _Outcome) -> None:
                 out.reviews.setdefault(
                     (f.id, "person"), (sorted(people), f"{email} belongs to {len(people)} people")
                 )
-            elif _may_create(f, ix, role, email):
+            elif create and _may_create(f, ix, role, email):
                 out.created.setdefault(
                     email,
                     (
@@ -329,6 +331,8 @@ def _may_create(f: MessageFacts, ix: Index, role: str, email: str) -> bool:
     policy = ix.settings.auto_create
     if policy == "none" or ix.is_blocked(email) or _NO_REPLY.match(email):
         return False
+    if email.rpartition("@")[2] in ix.own_domains:
+        return False  # a colleague who is not a user yet is no contact
     if _is_automated(f):
         return False
     own = ix.account_email.get(f.account_id, "")
@@ -413,13 +417,13 @@ def _chunks(items: Sequence[Any], n: int = _IN) -> Iterable[Sequence[Any]]:
         yield items[i : i + n]
 
 
-def _create_people(conn: Connection, out: _Outcome) -> None:
+def _create_people(conn: Connection, out: _Outcome) -> dict[str, str]:
+    """The people `out.created` names, as records (origin auto): email -> record id."""
     import uuid
 
-    if not out.created:
-        return
+    made: dict[str, str] = {}
     at = now()
-    for email, (name, message, evidence) in out.created.items():
+    for email, (name, _message, _evidence) in out.created.items():
         rid = uuid.uuid4().hex[:16]
         conn.execute(
             records.insert().values(
@@ -433,8 +437,9 @@ def _create_people(conn: Connection, out: _Outcome) -> None:
             )
         )
         conn.execute(record_keys.insert().values(record_id=rid, kind="email", value=email))
-        out.link(message, rid, "participant", evidence)
+        made[email] = rid
     bump(conn)
+    return made
 
 
 def _write_reviews(conn: Connection, out: _Outcome) -> None:
@@ -507,9 +512,18 @@ def _thread_parents(
     return parents
 
 
-def _inherit(conn: Connection, facts: Sequence[MessageFacts], ix: Index) -> int:
+def _inherit(
+    conn: Connection,
+    facts: Sequence[MessageFacts],
+    ix: Index,
+    parents: Mapping[int, list[tuple[int, str | None]]] | None = None,
+) -> int:
     """Thread links for `facts` from their parents' links (of any rule); returns how many were added."""
-    parents = _thread_parents(conn, facts)
+    if parents is None:
+        parents = _thread_parents(conn, facts)
+    else:
+        wanted = {f.id for f in facts}
+        parents = {c: ps for c, ps in parents.items() if c in wanted}
     if not parents:
         return 0
     parent_ids = sorted({p for ps in parents.values() for p, _mid in ps})
@@ -605,9 +619,11 @@ def _pass_down(conn: Connection, facts: Sequence[MessageFacts], ix: Index) -> No
 # -- entry points -----------------------------------------------------------------------------------
 
 
-def link_messages(conn: Connection, facts: Sequence[MessageFacts]) -> None:
+def link_messages(conn: Connection, facts: Sequence[MessageFacts], *, create: bool = True) -> None:
     """Link messages just stored (or whose links were just cleared). Inside the caller's transaction,
-    so a message and its links commit together."""
+    so a message and its links commit together. `create`: people may be created from this mail
+    (auto_create); re-deciding past mail passes False, so that a contact someone deleted stays
+    deleted."""
     if not facts:
         return
     ix = load_index(conn)
@@ -615,21 +631,55 @@ def link_messages(conn: Connection, facts: Sequence[MessageFacts]) -> None:
         return
     junk = _junk_only(conn, [f.id for f in facts])
     live = [f for f in facts if f.id not in junk and _skip_reason(f, ix) is None]
+    created: dict[tuple[int, str], str] = {}  # (message, new person) -> evidence
+    earlier: set[int] = set()
+    if create and ix.settings.auto_create != "none" and "person" in ix.settings.auto_link:
+        wanted = _Outcome()
+        for f in live:
+            _direct(f, ix, wanted, create=True)
+        if wanted.created:
+            made = _create_people(conn, wanted)
+            created = {(m, made[e]): ev for e, (_name, m, ev) in wanted.created.items()}
+            ix = load_index(conn)
+            # a record created later re-links past mail: a person created from mail too
+            earlier = affected_by(conn, sorted(made.values())) - {f.id for f in facts}
     out = _Outcome()
     for f in live:
         _direct(f, ix, out)
-    _create_people(conn, out)
+    for key, evidence in created.items():
+        out.links[key] = ("participant", evidence)
     insert_links(conn, ((m, r, rule, ev) for (m, r), (rule, ev) in out.links.items()))
     _write_reviews(conn, out)
-    if out.created:
-        ix = load_index(conn)
-    for _ in range(_MAX_THREAD_ROUNDS):
-        if not _inherit(conn, live, ix):
-            break
-    _deal_contacts(conn, live, ix)
+    parents = _thread_parents(conn, live)
+    for layer in _generations(live, parents):
+        for _ in range(_MAX_THREAD_ROUNDS):
+            if not _inherit(conn, layer, ix, parents):
+                break
+        _deal_contacts(conn, layer, ix)
     # (also among `facts`: the deal_contact links just made reach their replies only here)
     linked = _existing_links(conn, [f.id for f in live])
     _pass_down(conn, [f for f in live if linked.get(f.id)], ix)
+    if earlier:
+        recompute(conn, earlier)
+
+
+def _generations(
+    facts: Sequence[MessageFacts], parents: Mapping[int, list[tuple[int, str | None]]]
+) -> list[list[MessageFacts]]:
+    """`facts` in thread order: messages whose parents among them are all in earlier generations,
+    so a reply inherits its parent's final links (its deal_contact link too) whatever order they
+    were stored in. Messages that are each other's parents (one provider thread) share the last."""
+    remaining = {f.id: f for f in facts}
+    out: list[list[MessageFacts]] = []
+    while remaining:
+        layer = [f for f in remaining.values() if not any(p in remaining for p, _m in parents.get(f.id, ()))]
+        if not layer:
+            out.append(list(remaining.values()))
+            break
+        out.append(layer)
+        for f in layer:
+            del remaining[f.id]
+    return out
 
 
 def _junk_only(conn: Connection, ids: Sequence[int]) -> set[int]:
@@ -739,7 +789,7 @@ def recompute(conn: Connection, message_ids: Iterable[int]) -> None:
         conn.execute(
             delete(review_items).where(review_items.c.message_id.in_(chunk), review_items.c.status == "open")
         )
-    link_messages(conn, load_facts(conn, ids))
+    link_messages(conn, load_facts(conn, ids), create=False)
 
 
 def affected_by(conn: Connection, record_ids: Sequence[str]) -> set[int]:
@@ -848,14 +898,29 @@ def forget_record(conn: Connection, record_id: str, affected: Iterable[int]) -> 
     recompute(conn, affected)
 
 
+def settings_changed(conn: Connection, before: crm_settings.LinkSettings) -> None:
+    """The linking settings were saved (`before` is what they were). Which record types link and
+    whether internal mail is skipped decide again for all past mail, so that its links never depend
+    on which records were edited since; the auto-creation policy applies to mail synced from now on."""
+    bump(conn)
+    after = load_index(conn).settings
+    if set(before.auto_link) == set(after.auto_link) and before.exclude_internal == after.exclude_internal:
+        return
+    recompute(
+        conn, [r.id for r in conn.execute(select(messages.c.id).where(messages.c.deleted_at.is_(None)))]
+    )
+
+
 def purge_blocked(conn: Connection, value: str) -> int:
-    """Remove every link and review item of mail involving a newly blocked address or domain."""
+    """Remove every link and review item of mail involving a newly blocked address or domain (the
+    links people chose too), and decide its replies again: what they inherited from it goes."""
     bump(conn)
     ids = _involving(conn, value)
     removed = 0
     for chunk in _chunks(ids):
         removed += conn.execute(delete(links).where(links.c.message_id.in_(chunk))).rowcount or 0
         conn.execute(delete(review_items).where(review_items.c.message_id.in_(chunk)))
+    recompute(conn, ids)
     return removed
 
 
@@ -904,6 +969,7 @@ def resolve_review(conn: Connection, item_id: int, record_id: str | None, user: 
         .where(review_items.c.id == item_id)
         .values(status="resolved", resolved_record_id=record_id, resolved_at=at)
     )
-    facts = load_facts(conn, [item.message_id])
-    _pass_down(conn, facts, load_index(conn))
+    # decided again around the choice: a chosen person brings their only open deal, and the
+    # replies below inherit it
+    recompute(conn, [item.message_id])
     return {"status": "resolved", "record_id": record_id}
