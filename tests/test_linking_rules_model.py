@@ -245,8 +245,8 @@ class World:
         assert set(got) == wanted, (
             f"seed {self.seed}: people created from mail {sorted(got)}, expected {sorted(wanted)}"
         )
-        for email, rid in got.items():
-            self.people[rid] = {email}
+        for email in sorted(got):
+            self.people[got[email]] = {email}
 
     # -- the oracle's reading of the rules -----------------------------------------------------------
     def is_blocked(self, address: str) -> bool:
@@ -412,7 +412,7 @@ class World:
                 if not free:
                     continue
                 token = rng.choice(free)
-                person = rng.choice(sorted(self.people)) if self.people and rng.random() < 0.8 else None
+                person = rng.choice(list(self.people)) if self.people and rng.random() < 0.8 else None
                 status = "open" if rng.random() < 0.8 else "closed"
                 rid = self.rt.records.create(
                     "deal", RecordInput(name="D", token=token, person_id=person, status=status)
@@ -455,7 +455,7 @@ class World:
             did = rng.choice(list(self.deals))
             token, person, status = self.deals[did]
             if self.people and rng.random() < 0.5:
-                person = rng.choice(sorted(self.people))
+                person = rng.choice(list(self.people))
             else:
                 status = "closed" if status == "open" else "open"
             self.rt.records.update(did, RecordInput(person_id=person, status=status))
@@ -499,7 +499,9 @@ class World:
         if not queue:
             return
         item = self.rng.choice(queue)
-        choice = self.rng.choice([*sorted(item["candidates"]), None])
+        order = [*self.people, *self.companies, *self.deals]  # ids are random: creation order
+        candidates = sorted(item["candidates"], key=lambda r: order.index(r) if r in order else -1)
+        choice = self.rng.choice([*candidates, None])
         r = self.api.post(f"/api/v1/review/{item['id']}", json={"record_id": choice})
         assert r.status_code == 200, r.text
         with self.rt.db.engine.connect() as conn:
