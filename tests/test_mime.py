@@ -1033,3 +1033,38 @@ def test_headers_only_and_full_agree_on_realistic_mail() -> None:
             continue
         for f in fields:
             assert getattr(full, f) == getattr(head, f), (f, full.message_id)
+
+
+def test_large_attachments_are_sized_without_being_decoded() -> None:
+    """Above _MEASURE_MAX (encoded) an attachment's size comes from its encoded size: base64 to
+    within a line of exact, nothing decoded (decoding one to measure it peaked at ~2.3x its size);
+    smaller ones are still decoded and exact. The download still decodes it whole."""
+    import tracemalloc
+
+    big = bytes(range(256)) * (6 * 4096)  # 6 MiB: 8.1 MB as base64 lines
+    small = b"tiny attachment"
+
+    def part(name: str, data: bytes) -> bytes:
+        encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
+        return (
+            f"--b\r\nContent-Type: application/octet-stream; name={name}\r\n"
+            "Content-Transfer-Encoding: base64\r\n\r\n"
+        ).encode() + encoded
+
+    raw = (
+        b"Message-ID: <large@x>\r\nFrom: a@x.test\r\nSubject: large\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+        + part("big.bin", big)
+        + part("small.txt", small)
+        + b"--b--\r\n"
+    )
+    assert len(raw) > parse_mod._MEASURE_MAX
+    tracemalloc.start()
+    [parsed] = parse_many([raw])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    sizes = {a.filename: a.size for a in parsed.attachments}
+    assert abs(sizes["big.bin"] - len(big)) < 57 and sizes["small.txt"] == len(small)
+    assert peak < len(big) // 2  # no decoded copy was made
+    got = attachment_content(raw, 0)
+    assert got is not None and got[1] == big
