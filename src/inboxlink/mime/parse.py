@@ -784,14 +784,14 @@ def _encoded_sizes(raw: bytes) -> dict[tuple[str | None, int], int]:
         return {}
     sizes: dict[tuple[str | None, int], int] = {}
     for part in fmp.walk(tree):
-        if part.children or part.encoded_size <= _MEASURE_MAX:
+        encoded = part.encoded_size  # None for a multipart node
+        if part.children or encoded is None or encoded <= _MEASURE_MAX:
             continue
         encoding = next(
             (v for k, v in part.headers.items() if k.lower() == "content-transfer-encoding"), [""]
         )
         base64 = encoding[-1].strip().lower() == "base64" if encoding else False
-        size = part.encoded_size * 57 // 78 if base64 else part.encoded_size
-        sizes[(part.filename or None, part.encoded_size)] = size
+        sizes[(part.filename or None, encoded)] = encoded * 57 // 78 if base64 else encoded
     return sizes
 
 
