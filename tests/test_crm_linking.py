@@ -715,3 +715,82 @@ def test_a_reply_synced_with_its_parent_stays_on_the_parents_deal(
     got = by_mid(team.timeline("deal", pats))
     assert got[root_id]["rule"] == "deal_contact" and got[reply_id]["rule"] == "thread"
     assert team.c.get("/api/v1/review").json() == []
+
+
+def test_a_reply_synced_before_its_parent_decides_its_deal_when_the_parent_arrives(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    """A reply from a stranger is stored first and links nowhere. When its parent arrives from Pat,
+    the reply inherits Pat and, like any message with Pat on it, gets Pat's deal: a question when
+    Pat has two open deals; when Sol has one, the parent's deal_contact link, as a thread link."""
+    me = mail_user.email
+    account = team.pair(mail_user)
+    pat = team.record("person", name="Pat", emails=["pat@shop.example"])
+    first = team.record("deal", name="First", token="P-1", person_id=pat)
+    second = team.record("deal", name="Second", token="P-2", person_id=pat)
+    root, root_id = mail("pat@shop.example", me, "order")
+    reply, reply_id = mail("stranger@elsewhere.example", me, "Re: order", reply_to_msgid=root_id)
+    dovecot.deliver_lmtp(me, reply)
+    team.sync(account)
+    assert team.c.get("/api/v1/review").json() == []
+    dovecot.deliver_lmtp(me, root)
+    team.sync(account)
+    queue = team.c.get("/api/v1/review").json()
+    assert [(q["kind"], sorted(q["candidates"])) for q in queue] == [("deal", sorted([first, second]))] * 2
+    listed = team.c.get(f"/api/v1/accounts/{account}/messages").json()["messages"]
+    ids = {m["id"]: m["message_id"] for m in listed}
+    assert sorted(ids[q["message"]] for q in queue) == sorted([root_id, reply_id])
+
+    solo = team.record("person", name="Sol", emails=["sol@solo.example"])
+    sols = team.record("deal", name="Sol's", token="S-9", person_id=solo)
+    root2, root2_id = mail("sol@solo.example", me, "quote")
+    reply2, reply2_id = mail("other@elsewhere.example", me, "Re: quote", reply_to_msgid=root2_id)
+    dovecot.deliver_lmtp(me, reply2)
+    team.sync(account)
+    dovecot.deliver_lmtp(me, root2)
+    team.sync(account)
+    got = by_mid(team.timeline("deal", sols))
+    assert got[root2_id]["rule"] == "deal_contact" and got[reply2_id]["rule"] == "thread"
+
+
+def test_a_guessed_deal_gives_way_to_the_deal_its_parent_arrives_with(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    """Lee's reply is stored first and gets Lee's only open deal (deal_contact). Its parent then
+    arrives carrying that same deal's token: the reply is on the deal through its thread, which
+    decides before a contact's deals do, and the reply below it follows."""
+    me = mail_user.email
+    account = team.pair(mail_user)
+    lee = team.record("person", name="Lee", emails=["lee@shop.example"])
+    lees = team.record("deal", name="Lee's", token="L-7", person_id=lee)
+    root, root_id = mail("buyer@market.example", me, "[L-7] order")
+    reply, reply_id = mail("lee@shop.example", me, "Re: order", reply_to_msgid=root_id)
+    below, below_id = mail("buyer@market.example", me, "Re: Re: order", reply_to_msgid=reply_id)
+    for raw in (reply, below):
+        dovecot.deliver_lmtp(me, raw)
+    team.sync(account)
+    got = by_mid(team.timeline("deal", lees))
+    assert got[reply_id]["rule"] == "deal_contact" and got[below_id]["rule"] == "thread"
+    dovecot.deliver_lmtp(me, root)
+    team.sync(account)
+    got = by_mid(team.timeline("deal", lees))
+    assert {m: e["rule"] for m, e in got.items()} == {
+        root_id: "token",
+        reply_id: "thread",
+        below_id: "thread",
+    }
+
+
+def test_blocking_a_domain_purges_that_domain_only(team: Team, dovecot: Dovecot, mail_user: MailUser) -> None:
+    """ "_" and "%" are LIKE wildcards: blocking a_b.example must leave mail from axb.example (and its
+    chosen links) alone, and purge a_b.example and its subdomains."""
+    me = mail_user.email
+    ax = team.record("person", name="Ax", emails=["ann@axb.example"])
+    ab = team.record("person", name="Ab", emails=["bob@a_b.example", "bo@mail.a_b.example"])
+    raws = [mail("ann@axb.example", me, "one"), mail("bob@a_b.example", me, "two")]
+    raws.append(mail("bo@mail.a_b.example", me, "three"))
+    for raw, _mid in raws:
+        dovecot.deliver_lmtp(me, raw)
+    team.sync(team.pair(mail_user))
+    assert team.c.post("/api/v1/blocklist", json={"value": "a_b.example"}).json()["links_removed"] == 2
+    assert set(by_mid(team.timeline("person", ax))) == {raws[0][1]} and team.timeline("person", ab) == []

@@ -47,6 +47,7 @@ from sqlalchemy import Connection, and_, delete, or_, select, update
 
 from inboxlink.crm import settings as crm_settings
 from inboxlink.outbound import events
+from inboxlink.store.db import LIKE_ESCAPE, like_literal
 from inboxlink.store.schema import (
     accounts,
     blocklist,
@@ -604,16 +605,63 @@ def _pass_down(conn: Connection, facts: Sequence[MessageFacts], ix: Index) -> No
     """Replies stored before their parent gained links inherit them now (and their replies...).
     Messages of `facts` are not spared: one may answer a reply outside them that gains links only
     here (both stored in one batch, the reply between them stored earlier). Ends when a round adds
-    no link (inheriting is idempotent)."""
+    no link (inheriting is idempotent).
+
+    A reply's deal is decided after what it inherits (as in `link_messages`): one that gains people
+    and has no deal gets its deal_contact link or question now; one whose deal was a guess (a
+    deal_contact link or an open "which deal" question) while its thread now says more is decided
+    again whole, with the replies below it, which inherited the guess."""
     frontier = [f for f in facts if f.message_id or f.thread_id]
+    redo: set[int] = set()
     for _ in range(_MAX_THREAD_ROUNDS):
         child_ids = _children(conn, frontier) - {f.id for f in frontier}
         if not child_ids:
-            return
+            break
         children = [c for c in load_facts(conn, sorted(child_ids)) if _skip_reason(c, ix) is None]
+        guessed = _guessed_deals(conn, children) if "deal" in ix.settings.auto_link else set()
+        before = _existing_links(conn, [c.id for c in children])
+        redo |= _deal_from_thread(conn, [c for c in children if c.id in guessed], ix)
         if not _inherit(conn, children, ix):
-            return
+            break
+        after = _existing_links(conn, [c.id for c in children])
+        gained = {c.id for c in children if after.get(c.id, {}).keys() - before.get(c.id, {}).keys()}
+        redo |= gained & guessed
+        _deal_contacts(conn, [c for c in children if c.id in gained - guessed], ix)
         frontier = children
+    if redo:
+        recompute(conn, redo)
+
+
+def _guessed_deals(conn: Connection, facts: Sequence[MessageFacts]) -> set[int]:
+    """Those of `facts` whose deal is a guess: a deal_contact link, or an open "which deal" question."""
+    ids = [f.id for f in facts]
+    own = _existing_links(conn, ids)
+    guessed = {i for i in ids if "deal_contact" in own.get(i, {}).values()}
+    for chunk in _chunks(ids):
+        guessed.update(
+            conn.execute(
+                select(review_items.c.message_id).where(
+                    review_items.c.message_id.in_(chunk),
+                    review_items.c.kind == "deal",
+                    review_items.c.status == "open",
+                )
+            ).scalars()
+        )
+    return guessed
+
+
+def _deal_from_thread(conn: Connection, facts: Sequence[MessageFacts], ix: Index) -> set[int]:
+    """Those of `facts` with a parent on a deal (a reply inherits it, even when it is the deal it
+    guessed, and then under the rule thread)."""
+    if not facts:
+        return set()
+    parents = _thread_parents(conn, facts)
+    theirs = _existing_links(conn, sorted({p for ps in parents.values() for p, _mid in ps}))
+    return {
+        child
+        for child, ps in parents.items()
+        if any(ix.types.get(r) == "deal" for p, _mid in ps for r in theirs.get(p, {}))
+    }
 
 
 # -- entry points -----------------------------------------------------------------------------------
@@ -928,7 +976,11 @@ def _involving(conn: Connection, value: str) -> list[int]:
     if "@" in value:
         cond = message_addresses.c.email == value
     else:
-        cond = or_(message_addresses.c.email.like(f"%@{value}"), message_addresses.c.email.like(f"%.{value}"))
+        literal = like_literal(value)  # blocking "a_b.example" must not purge mail of axb.example
+        cond = or_(
+            message_addresses.c.email.like(f"%@{literal}", escape=LIKE_ESCAPE),
+            message_addresses.c.email.like(f"%.{literal}", escape=LIKE_ESCAPE),
+        )
     return sorted({r.message_id for r in conn.execute(select(message_addresses.c.message_id).where(cond))})
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from inboxlink.crm import linking
 from inboxlink.crm.settings import RECORD_TYPES
 from inboxlink.errors import Conflict, NotFound, ValidationError
-from inboxlink.store.db import Database
+from inboxlink.store.db import LIKE_ESCAPE, Database, like_literal
 from inboxlink.store.schema import record_keys, records
 from inboxlink.sync.state import now
 
@@ -242,7 +242,7 @@ class RecordService:
         if kind is not None:
             stmt = stmt.where(records.c.type == _check_type(kind))
         if q:
-            stmt = stmt.where(records.c.name.ilike(f"%{q}%"))
+            stmt = stmt.where(records.c.name.ilike(f"%{like_literal(q)}%", escape=LIKE_ESCAPE))
         with self.db.engine.connect() as conn:
             return [load(conn, r.id) for r in conn.execute(stmt)]
 

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, select, text
 from inboxlink.crm.access import Level, Viewer, best_copies, message_levels
 from inboxlink.crm.timeline import summaries
 from inboxlink.errors import ValidationError
+from inboxlink.store.db import LIKE_ESCAPE, like_literal
 from inboxlink.store.schema import message_addresses, messages, search_state
 from inboxlink.sync.state import now
 
@@ -132,7 +133,10 @@ def _postgres_hits(conn: Connection, words: list[str]) -> dict[int, Level]:
     for w in words:
         for r in conn.execute(
             select(message_addresses.c.message_id)
-            .where(message_addresses.c.email.ilike(f"%{w}%") | message_addresses.c.name.ilike(f"%{w}%"))
+            .where(
+                message_addresses.c.email.ilike(f"%{like_literal(w)}%", escape=LIKE_ESCAPE)
+                | message_addresses.c.name.ilike(f"%{like_literal(w)}%", escape=LIKE_ESCAPE)
+            )
             .limit(_MAX_CANDIDATES)
         ):
             hits[int(r.message_id)] = Level.METADATA

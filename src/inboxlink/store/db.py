@@ -20,6 +20,15 @@ from inboxlink.store.blobs import BlobStore
 _MIGRATE_LOCK = threading.Lock()
 
 
+LIKE_ESCAPE = "\\"
+
+
+def like_literal(text: str) -> str:
+    """`text` for a LIKE pattern, matching itself only ("%" and "_" are wildcards); use with
+    `escape=LIKE_ESCAPE`."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 @dataclass
 class Database:
     engine: Engine
