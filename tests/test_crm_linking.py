@@ -794,3 +794,31 @@ def test_blocking_a_domain_purges_that_domain_only(team: Team, dovecot: Dovecot,
     team.sync(team.pair(mail_user))
     assert team.c.post("/api/v1/blocklist", json={"value": "a_b.example"}).json()["links_removed"] == 2
     assert set(by_mid(team.timeline("person", ax))) == {raws[0][1]} and team.timeline("person", ab) == []
+
+
+def test_a_record_giving_up_a_domain_leaves_its_mail_to_the_other_claimant(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    """Two companies claim twin.example; the question about Kim's mail is dismissed (neither). Once
+    one of them gives the domain up (an edit, or a host CRM's import), the mail is the other's:
+    what a record held before a change is decided again too, not only what it holds after."""
+    me = mail_user.email
+    one = team.record("company", name="Twin One", domains=["twin.example"], external_id="c-1")
+    two = team.record("company", name="Twin Two", domains=["twin.example"], external_id="c-2")
+    raw, mid = mail("kim@twin.example", me, "hello")
+    dovecot.deliver_lmtp(me, raw)
+    team.sync(team.pair(mail_user))
+    [question] = team.c.get("/api/v1/review").json()
+    assert team.c.post(f"/api/v1/review/{question['id']}", json={"record_id": None}).status_code == 200
+    assert team.timeline("company", one) == [] and team.timeline("company", two) == []
+    team.c.patch(f"/api/v1/records/company/{two}", json={"domains": ["elsewhere.example"]})
+    assert by_mid(team.timeline("company", one))[mid]["rule"] == "domain"
+
+    def import_two(domain: str) -> None:
+        batch = [{"type": "company", "external_id": "c-2", "name": "Twin Two", "domains": [domain]}]
+        assert team.c.post("/api/v1/records:import", json={"records": batch}).status_code == 200
+
+    import_two("twin.example")  # claimed twice again: the dismissed question is not asked again
+    assert team.timeline("company", one) == [] and team.c.get("/api/v1/review").json() == []
+    import_two("elsewhere.example")
+    assert set(by_mid(team.timeline("company", one))) == {mid} and team.timeline("company", two) == []

@@ -922,10 +922,12 @@ def affected_by(conn: Connection, record_ids: Sequence[str]) -> set[int]:
     return found
 
 
-def relink_records(conn: Connection, record_ids: Sequence[str]) -> None:
-    """Records were created or changed: decide again for every message they could concern."""
+def relink_records(conn: Connection, record_ids: Sequence[str], before: Iterable[int] = ()) -> None:
+    """Records were created or changed: decide again for every message they could concern, now and
+    (`before`: what `affected_by` said before a change) before; an address, domain or token a
+    record no longer holds may leave its mail to another record, or to no one."""
     bump(conn)
-    recompute(conn, affected_by(conn, record_ids))
+    recompute(conn, affected_by(conn, record_ids) | set(before))
 
 
 def forget_record(conn: Connection, record_id: str, affected: Iterable[int]) -> None:

@@ -218,8 +218,9 @@ class RecordService:
     def update(self, record_id: str, data: RecordInput) -> Record:
         with self.db.engine.begin() as conn:
             current = load(conn, record_id)
+            before = linking.affected_by(conn, [record_id])
             _write(conn, current.type, record_id, data, creating=False)
-            linking.relink_records(conn, [record_id])
+            linking.relink_records(conn, [record_id], before)
             return load(conn, record_id)
 
     def delete(self, record_id: str) -> None:
@@ -255,6 +256,15 @@ class RecordService:
         created = updated = 0
         ids: list[str] = []
         with self.db.engine.begin() as conn:
+            wanted = sorted({d.external_id for _k, d in items if d.external_id})
+            known = [
+                r.id
+                for i in range(0, len(wanted), 500)
+                for r in conn.execute(
+                    select(records.c.id).where(records.c.external_id.in_(wanted[i : i + 500]))
+                )
+            ]
+            before = linking.affected_by(conn, known)  # the mail of what the updates take away
             for kind, data in items:
                 _check_type(kind)
                 if not data.external_id:
@@ -284,5 +294,5 @@ class RecordService:
                     conn.execute(update(records).where(records.c.id == rid).values(origin="import"))
                     created += 1
                     ids.append(rid)
-            linking.relink_records(conn, ids)
+            linking.relink_records(conn, ids, before)
         return {"created": created, "updated": updated, "ids": ids}
