@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from inboxlink.api.app import create_app
 from inboxlink.config import Settings
 from inboxlink.testing.dovecot import Dovecot, MailUser
+from tests.support import imap_session
 
 _n = 0
 
@@ -822,3 +823,32 @@ def test_a_record_giving_up_a_domain_leaves_its_mail_to_the_other_claimant(
     assert team.timeline("company", one) == [] and team.c.get("/api/v1/review").json() == []
     import_two("elsewhere.example")
     assert set(by_mid(team.timeline("company", one))) == {mid} and team.timeline("company", two) == []
+
+
+def test_mail_fetched_again_does_not_bring_back_a_deleted_contact(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    """Contacts are created from mail synced for the first time. A message stored again (its body
+    fetched after a headers-only sync; a copy found in another folder) is not new mail: a contact
+    deleted since stays deleted."""
+    me = mail_user.email
+    account = team.pair(mail_user)
+    rt = team.c.app.state.runtime  # type: ignore[attr-defined]
+    team.c.patch("/api/v1/settings/linking", json={"auto_create": "sent_and_received"})
+    raw, mid = mail("Fresh Lead <lead@prospect.example>", me, "interested")
+    dovecot.deliver_lmtp(me, raw)
+    assert rt.engine.sync(account, headers_only=True).status == "connected"
+    [person] = team.c.get("/api/v1/records/person").json()
+    assert team.c.delete(f"/api/v1/records/person/{person['id']}").status_code == 204
+    imap = imap_session(mail_user)
+    try:
+        imap.create("Archive")
+        imap.select("INBOX")
+        assert imap.copy("1", "Archive")[0] == "OK"
+    finally:
+        imap.logout()
+    team.sync(account)  # bodies now, and the copy
+    listed = team.c.get(f"/api/v1/accounts/{account}/messages").json()["messages"]
+    [got] = [m for m in listed if m["message_id"] == mid]
+    assert not got["headers_only"] and sorted(p["folder"] for p in got["placements"]) == ["Archive", "INBOX"]
+    assert team.c.get("/api/v1/records/person").json() == []

@@ -39,6 +39,7 @@ import re
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -667,11 +668,14 @@ def _deal_from_thread(conn: Connection, facts: Sequence[MessageFacts], ix: Index
 # -- entry points -----------------------------------------------------------------------------------
 
 
-def link_messages(conn: Connection, facts: Sequence[MessageFacts], *, create: bool = True) -> None:
+def link_messages(
+    conn: Connection, facts: Sequence[MessageFacts], *, create: bool | AbstractSet[int] = True
+) -> None:
     """Link messages just stored (or whose links were just cleared). Inside the caller's transaction,
     so a message and its links commit together. `create`: people may be created from this mail
-    (auto_create); re-deciding past mail passes False, so that a contact someone deleted stays
-    deleted."""
+    (auto_create), or from these messages of it; re-deciding past mail passes False, and a sync
+    the ids of the messages it stored for the first time (not a copy found in another folder), so
+    that a contact someone deleted stays deleted."""
     if not facts:
         return
     ix = load_index(conn)
@@ -684,7 +688,7 @@ def link_messages(conn: Connection, facts: Sequence[MessageFacts], *, create: bo
     if create and ix.settings.auto_create != "none" and "person" in ix.settings.auto_link:
         wanted = _Outcome()
         for f in live:
-            _direct(f, ix, wanted, create=True)
+            _direct(f, ix, wanted, create=create is True or (not isinstance(create, bool) and f.id in create))
         if wanted.created:
             made = _create_people(conn, wanted)
             created = {(m, made[e]): ev for e, (_name, m, ev) in wanted.created.items()}

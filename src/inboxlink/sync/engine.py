@@ -547,7 +547,8 @@ class SyncEngine:
                 ],
             )
             # links commit with their message: a message is on its timelines the moment it is stored
-            linking.link_messages(conn, _Facts(run.account_id, ids, new))
+            first_time = {ids[m.provider_id] for m in new if m.provider_id not in known}
+            linking.link_messages(conn, _Facts(run.account_id, ids, new), create=first_time)
             events.emit_many(
                 conn,
                 events.MESSAGE_CREATED,
