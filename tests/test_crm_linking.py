@@ -852,3 +852,27 @@ def test_mail_fetched_again_does_not_bring_back_a_deleted_contact(
     [got] = [m for m in listed if m["message_id"] == mid]
     assert not got["headers_only"] and sorted(p["folder"] for p in got["placements"]) == ["Archive", "INBOX"]
     assert team.c.get("/api/v1/records/person").json() == []
+
+
+def test_deleting_the_chosen_record_asks_the_question_again(
+    team: Team, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    """Three people share desk@; the queue's answer was Pat. Pat deleted, the mail is ambiguous
+    again between Sam and Kim, so the question comes back (with them); Sam deleted too, Kim alone
+    holds the address and takes the mail."""
+    me = mail_user.email
+    pat, sam, kim = (
+        team.record("person", name=n, emails=["desk@shop.example"]) for n in ("Pat", "Sam", "Kim")
+    )
+    raw, mid = mail("desk@shop.example", me, "question")
+    dovecot.deliver_lmtp(me, raw)
+    team.sync(team.pair(mail_user))
+    [item] = team.c.get("/api/v1/review").json()
+    assert team.c.post(f"/api/v1/review/{item['id']}", json={"record_id": pat}).status_code == 200
+    assert team.c.get("/api/v1/review").json() == []
+    assert team.c.delete(f"/api/v1/records/person/{pat}").status_code == 204
+    [again] = team.c.get("/api/v1/review").json()
+    assert again["kind"] == "person" and sorted(again["candidates"]) == sorted([sam, kim])
+    assert team.c.delete(f"/api/v1/records/person/{sam}").status_code == 204
+    assert team.c.get("/api/v1/review").json() == []
+    assert by_mid(team.timeline("person", kim))[mid]["rule"] == "participant"

@@ -28,7 +28,8 @@ questions and the people created from mail must be what these sentences say, wha
   was edited since);
 - manual: the candidate chosen in the review queue, kept by every re-link, passed down to replies
   and counted by deal_contact (a chosen person brings their only open deal); an answered or
-  dismissed question is not asked again;
+  dismissed question is not asked again, unless the record chosen is deleted (then it is asked
+  again if the mail is still ambiguous);
 - auto-creation: when mail is synced for the first time, a person is created for each address
   without one that the policy names: `sent` the recipients (To, Cc) of mail a teammate sent;
   `sent_and_received` also the From, Reply-To, To and Cc of received mail; never from automated or
@@ -150,6 +151,7 @@ class World:
         self.auto_create = "none"
         self.manual: dict[str, set[str]] = {}  # Message-ID -> records chosen in the review queue
         self.answered: set[tuple[str, str]] = set()  # (Message-ID, kind) resolved or dismissed
+        self.chosen: dict[tuple[str, str], str | None] = {}  # answered question -> its answer
         self.planned: dict[str, Mail] = {}
         for n in range(26):
             m = self._plan(n)
@@ -433,6 +435,9 @@ class World:
                 self.deals = {d: (t, None if p == rid else p, s) for d, (t, p, s) in self.deals.items()}
                 for chosen in self.manual.values():
                     chosen.discard(rid)
+                for key in [k for k, c in self.chosen.items() if c == rid]:
+                    del self.chosen[key]  # the question it answered may be asked again
+                    self.answered.discard(key)
                 log.append(f"delete {rid}")
 
     def _update(self, log: list[str]) -> None:
@@ -478,6 +483,7 @@ class World:
             if any(self.is_blocked(a) for a in m.addresses if a != self.me):
                 self.manual.pop(mid, None)
                 self.answered = {(x, k) for x, k in self.answered if x != mid}
+                self.chosen = {(x, k): c for (x, k), c in self.chosen.items() if x != mid}
         log.append(f"block {value}")
 
     def change_settings(self, log: list[str]) -> None:
@@ -508,6 +514,7 @@ class World:
             mid = conn.execute(select(messages.c.message_id).where(messages.c.id == item["message"])).scalar()
         assert isinstance(mid, str)
         self.answered.add((mid, item["kind"]))
+        self.chosen[(mid, item["kind"])] = choice
         if choice is not None:
             self.manual.setdefault(mid, set()).add(choice)
         log.append(f"answer {mid} {item['kind']} with {choice}")

@@ -947,6 +947,12 @@ def forget_record(conn: Connection, record_id: str, affected: Iterable[int]) -> 
         )
         if record_id in (r.candidates or [])
     ]
+    # an answer that chose it goes too: the question is asked again if the mail is still ambiguous
+    stale += conn.execute(
+        select(review_items.c.id).where(
+            review_items.c.status == "resolved", review_items.c.resolved_record_id == record_id
+        )
+    ).scalars()
     if stale:
         conn.execute(delete(review_items).where(review_items.c.id.in_(stale)))
     recompute(conn, affected)
