@@ -1068,3 +1068,13 @@ def test_large_attachments_are_sized_without_being_decoded() -> None:
     assert peak < len(big) // 2  # no decoded copy was made
     got = attachment_content(raw, 0)
     assert got is not None and got[1] == big
+
+
+def test_raw_8bit_headers_keep_their_utf8_around_a_stray_byte() -> None:
+    """Header bytes are read as UTF-8, and only the bytes that are not UTF-8 as Windows-1252: a
+    UTF-8 subject with one stray byte keeps its "é"; a Windows-1252 one gets its quotes (not C1 controls)."""
+    mixed = b"Message-ID: <m@x>\r\nFrom: a@x.test\r\nSubject: caf\xc3\xa9 \xff\x80 bad\r\n\r\nbody\r\n"
+    legacy = b"Message-ID: <l@x>\r\nFrom: a@x.test\r\nSubject: na\xefve caf\xe9 \x93q\x94\r\n\r\nbody\r\n"
+    got = parse_many([mixed, legacy])
+    assert [p.subject for p in got] == ["café ÿ€ bad", "naïve café \u201cq\u201d"]
+    assert parse_mod._decode_bytes(b"\x81\xe9", None) == "\x81é"  # a byte cp1252 lacks: Latin-1

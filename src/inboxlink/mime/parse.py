@@ -57,6 +57,11 @@ fast-mail-parser 0.10.0 quirks, and what is done about them:
   empty list element the next address comes back as ", c@z": such headers are re-read with
   `getaddresses`, and addresses are stripped;
 - encoded-words in an unknown charset (`=?unknown-8bit?q?...?=`) are left encoded: decoded here;
+- raw 8-bit header bytes that are not UTF-8 are read as Latin-1 (a Windows-1252 quote becomes a C1
+  control, UTF-8 with one stray byte becomes "cafÃ©"): such header blocks are re-read by hand, as
+  UTF-8 with each other byte Windows-1252;
+- an attachment's decoded size needs decoding it (`len(content)`, ~2.3x its size in transient
+  memory): above `_MEASURE_MAX` it is computed from the encoded size (metadata mode);
 - a body-less message has `text_plain == [""]`, and empty parts are listed: empty parts are dropped
   before joining.
 """
@@ -128,6 +133,20 @@ def _c1_as_bytes(exc: UnicodeError) -> tuple[bytes, int]:
 
 codecs.register_error("inboxlink-c1", _c1_as_bytes)
 
+
+def _cp1252_bytes(exc: UnicodeError) -> tuple[str, int]:
+    """Decode error handler: bytes that are not UTF-8 read as Windows-1252 (Latin-1 where it has no
+    character), so valid UTF-8 around a stray byte keeps its meaning ("café" and "\xff" in one
+    header)."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    chunk = exc.object[exc.start : exc.end]
+    return "".join(chr(b) if b in _CP1252_HOLES else bytes([b]).decode("cp1252") for b in chunk), exc.end
+
+
+_CP1252_HOLES = frozenset({0x81, 0x8D, 0x8F, 0x90, 0x9D})
+codecs.register_error("inboxlink-cp1252", _cp1252_bytes)
+
 _ASCII_LABELS = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968", "646", "iso646-us", "us"})
 _UNKNOWN_LABELS = frozenset({"unknown-8bit", "x-unknown", "unknown", "8bit", "default", "x-user-defined"})
 # Labels that in practice mean Windows-1252 (as browsers and fast-mail-parser read them).
@@ -139,8 +158,8 @@ def _decode_bytes(data: bytes, charset: str | None) -> str:
     """Bytes in a declared (possibly bogus) charset -> str, never raising.
 
     A known charset decodes with replacement characters for bad bytes (Latin-1 is read as its
-    superset Windows-1252); an absent, ASCII or unknown one tries UTF-8, then Windows-1252, then
-    Latin-1 (which cannot fail).
+    superset Windows-1252); an absent, ASCII or unknown one reads UTF-8, and each byte that is not
+    UTF-8 as Windows-1252 (or Latin-1, where Windows-1252 has no character): never fails.
     """
     label = charset.strip().strip('"').lower() if charset else ""
     if label in _LATIN1_LABELS:
@@ -153,14 +172,7 @@ def _decode_bytes(data: bytes, charset: str | None) -> str:
             return data.decode(label, "replace")
         except Exception:  # LookupError, or a codec that is not a bytes->str text encoding
             pass
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    try:
-        return data.decode("cp1252")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+    return data.decode("utf-8", "inboxlink-cp1252")
 
 
 # A UTF-8 lead byte followed by a continuation byte, both seen through Windows-1252. Only looked for
@@ -640,6 +652,16 @@ def _header_block(raw: bytes) -> bytes:
     return raw[: end[0]] if end is not None else raw[:_HEADER_BLOCK_MAX]
 
 
+def _utf8(data: bytes) -> bool:
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _read_headers(raw: bytes) -> dict[str, str]:
     """The wanted headers of `raw`, read by hand: lower-cased name -> first value, unfolded and
     decoded from bytes (UTF-8, else Windows-1252) but not RFC 2047-decoded. Never raises for bytes.
@@ -901,8 +923,17 @@ def _from_fmp(mail: fmp.PyLazyMail, raw: bytes) -> ParsedMessage:
         if key and key not in sel and values:
             sel[key] = values[0]
 
-    # Addresses: fast-mail-parser's, unless it visibly lost some (see module docstring).
+    # Header bytes that are not UTF-8 (8-bit legacy charsets, a stray byte in UTF-8): fast-mail-
+    # parser reads them as Latin-1; the hand reader as UTF-8 with each other byte Windows-1252.
     raw_headers: dict[str, str] | None = None
+    if any(not v.isascii() for v in sel.values()) and not _utf8(_header_block(raw)):
+        raw_headers = _read_headers(raw)
+        for key, fmp_value in sel.items():
+            own = raw_headers.get(key)
+            if not fmp_value.isascii() and own is not None and not own.isascii():
+                sel[key] = own
+
+    # Addresses: fast-mail-parser's, unless it visibly lost some (see module docstring).
     lists: list[list[Address]] = []
     for hname in _ADDRESS_HEADERS:
         value = sel.get(hname)
