@@ -31,7 +31,7 @@ from inboxlink.config import Settings
 from inboxlink.providers.imap.provider import ImapConfig
 from inboxlink.runtime import Runtime
 from inboxlink.store.schema import accounts
-from inboxlink.sync.push import _BIO_FEED, PushWatcher, WatchInfo, _Wire
+from inboxlink.sync.push import _BIO_FEED, PushWatcher, WatchInfo, _Wire, shard_of
 from inboxlink.sync.scheduler import Scheduler
 from inboxlink.testing.dovecot import Dovecot, MailUser, write_self_signed_cert
 from inboxlink.testing.mailgen import generate
@@ -527,3 +527,46 @@ def test_a_refused_certificate_fails_the_handshake(tmp_path: Path) -> None:
             await pair.handshake
 
     asyncio.run(scenario())
+
+
+def test_watch_processes_share_the_accounts_by_shard(tmp_path: Path, dovecot: Dovecot) -> None:
+    """`inboxlink watch --shard K/N`: every account that may be watched is held by exactly one of
+    the N watchers, the same one in every process (a stable hash of its id)."""
+    rt = Runtime.open(Settings(home=tmp_path / "home", allow_private_hosts=True))
+    try:
+        ids = set()
+        for n in range(12):
+            user = dovecot.add_user(f"shard{n}@inboxlink.test", f"password-{n}")
+            config = ImapConfig(
+                email=user.email,
+                imap_host=user.host,
+                imap_port=user.port,
+                username=user.email,
+                security="none",
+            )
+            ids.add(rt.accounts.pair_imap(config, user.password).id)
+        held = [
+            {
+                row[0]
+                for row in PushWatcher(
+                    rt.db, rt.box, rt.settings, lambda _a: None, shard=(k, 3)
+                )._candidates()
+            }
+            for k in range(3)
+        ]
+        assert set().union(*held) == ids and sum(len(h) for h in held) == len(ids)
+        assert all(held), "12 accounts over 3 shards: none empty (blake2b spreads them)"
+        assert held[1] == {a for a in ids if shard_of(a, 3) == 1}
+        with pytest.raises(ValueError, match="shard 3/3"):
+            PushWatcher(rt.db, rt.box, rt.settings, lambda _a: None, shard=(3, 3))
+    finally:
+        rt.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INBOXLINK_")}
+    env.update(INBOXLINK_HOME=str(tmp_path / "home"))
+    bad = subprocess.run(
+        [sys.executable, "-m", "inboxlink.cli", "watch", "--shard", "2/2"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert bad.returncode != 0 and "--shard wants K/N" in bad.stderr

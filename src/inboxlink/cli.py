@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from inboxlink.errors import InboxlinkError
+from inboxlink.errors import InboxlinkError, ValidationError
 from inboxlink.runtime import Runtime, configure_logging
 
 app = typer.Typer(
@@ -127,18 +127,31 @@ def _with_push(application: Any) -> None:
 
 # -- watch ---------------------------------------------------------------------------------------
 @app.command()
-def watch() -> None:
+def watch(
+    shard: Annotated[
+        str,
+        typer.Option(
+            "--shard",
+            help="K/N: hold only the accounts of shard K of N (0 <= K < N); run N watch processes, "
+            "one per shard, to spread the connections",
+        ),
+    ] = "0/1",
+) -> None:
     """Hold IMAP IDLE connections and sync what they report changed, as a process of its own
     (set INBOXLINK_PUSH_ENABLED=false for serve then). Stops on SIGINT / SIGTERM."""
     from inboxlink.config import get_settings
     from inboxlink.sync.push import PushWatcher
     from inboxlink.sync.scheduler import Scheduler
 
+    index, sep, count = shard.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        _fail(ValidationError(f"--shard wants K/N with 0 <= K < N, not {shard!r}"))
+    part = (int(index), int(count))
     configure_logging(get_settings().log_level)
     with _runtime() as rt:
         scheduler = Scheduler(rt.engine, interval=rt.settings.sync_interval_seconds)
         scheduler.poll = False  # serve polls; this process syncs what push reports
-        watcher = PushWatcher(rt.db, rt.box, rt.settings, scheduler.trigger)
+        watcher = PushWatcher(rt.db, rt.box, rt.settings, scheduler.trigger, shard=part)
         scheduler.start()
         try:
             watcher.run_until_signalled()

@@ -123,6 +123,12 @@ class _Unwatchable(Exception):
     """This account cannot be watched as configured (no IDLE, host refused): stop, keep polling."""
 
 
+def shard_of(account_id: str, count: int) -> int:
+    """Which of `count` watch processes holds an account: a stable hash of its id, the same in every
+    process and every run (Python's own `hash` of a str is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(account_id.encode(), digest_size=8).digest(), "big") % count
+
+
 # -- the wire --------------------------------------------------------------------------------------
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
@@ -470,6 +476,7 @@ class PushWatcher:
         sync_on_connect: bool = True,
         backoff_base: float = 1.0,
         connect_concurrency: int = 32,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.db = db
         self.box = box
@@ -484,6 +491,10 @@ class PushWatcher:
         self.backoff_base = backoff_base
         self.timeout = settings.connect_timeout_seconds
         self.connect_concurrency = connect_concurrency
+        index, count = shard
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"shard {index}/{count}: want 0 <= index < count")
+        self.shard = shard  # (index, count): this watcher holds the accounts shard_of() puts there
         self._watches: dict[str, _Watch] = {}
         # account id -> (fingerprint, when): stopped for good with these credentials (see _apply)
         self._parked: dict[str, tuple[str, datetime]] = {}
@@ -600,9 +611,12 @@ class PushWatcher:
                     accounts.c.capabilities,
                 )
             ).all()
+        index, count = self.shard
         for r in rows:
             if r.provider != "imap" or r.secret is None or AccountStatus(r.status) not in SYNCABLE:
                 continue
+            if count > 1 and shard_of(r.id, count) != index:
+                continue  # another `inboxlink watch --shard` holds it
             if not (r.capabilities or {}).get("idle"):
                 continue  # this server never offered IDLE: the scheduler polls it
             digest = hashlib.blake2b(digest_size=8)
