@@ -195,6 +195,7 @@ class _Wire(asyncio.BufferedProtocol):
             try:
                 plain, reply = self._records.open(data)
             except TLSFailure as exc:
+                self._buf += exc.plain  # what came before stays readable, as from OpenSSL
                 self._fail(_Dropped(str(exc)))
             else:
                 self._buf += plain

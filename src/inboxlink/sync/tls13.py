@@ -42,7 +42,10 @@ _CLIENT, _SERVER = b"CLIENT_TRAFFIC_SECRET_0", b"SERVER_TRAFFIC_SECRET_0"
 
 class TLSFailure(Exception):
     """The TLS session cannot go on: the peer closed it, sent an alert or a record that is not
-    genuine, or broke the protocol."""
+    genuine, or broke the protocol. `plain`: the application data of the records before the one
+    that ended it, in the same `open()` (what OpenSSL would have returned before the error)."""
+
+    plain: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class _Direction:
 class RecordLayer:
     """A client's TLS 1.3 application traffic, from the first record after the server's Finished."""
 
-    __slots__ = ("_handshake", "_pending", "_recv", "_send", "_suite")
+    __slots__ = ("_failure", "_handshake", "_pending", "_recv", "_send", "_suite")
 
     def __init__(self, cipher: str, client_secret: bytes, server_secret: bytes) -> None:
         suite = SUITES.get(cipher)
@@ -100,6 +103,7 @@ class RecordLayer:
         self._recv = _Direction(suite, server_secret)
         self._pending = b""  # the start of a record not yet whole
         self._handshake = b""  # the start of a post-handshake message not yet whole
+        self._failure: str | None = None  # why the session ended: nothing is read after that
 
     def seal(self, data: bytes, kind: int = _APPLICATION_DATA) -> bytes:
         """`data` as records, ready for the socket."""
@@ -112,14 +116,27 @@ class RecordLayer:
 
     def open(self, data: bytes) -> tuple[bytes, bytes]:
         """Bytes from the socket in; (application data, bytes to send back) out, either maybe b"".
-        Raises TLSFailure when the session is over (see the module docstring)."""
-        buf = self._pending + data if self._pending else data
+        Raises TLSFailure when the session is over (see the module docstring), and again at every
+        later call."""
+        if self._failure is not None:
+            raise TLSFailure(self._failure)
         plain: list[bytes] = []
+        try:
+            return self._open(data, plain)
+        except TLSFailure as exc:
+            self._failure = str(exc)
+            self._pending = self._handshake = b""
+            exc.plain = b"".join(plain)
+            raise
+
+    def _open(self, data: bytes, plain: list[bytes]) -> tuple[bytes, bytes]:
+        buf = self._pending + data if self._pending else data
         reply: list[bytes] = []
         pos = 0
         while len(buf) - pos >= 5:
             length = int.from_bytes(buf[pos + 3 : pos + 5], "big")
-            if buf[pos] != _APPLICATION_DATA or length > _MAX_CIPHERTEXT:
+            # legacy_record_version is 0x0303 in every TLS 1.3 record (§5.1): OpenSSL checks it
+            if buf[pos : pos + 3] != b"\x17\x03\x03" or length > _MAX_CIPHERTEXT:
                 raise TLSFailure("the server sent a record that is not TLS 1.3 application traffic")
             end = pos + 5 + length
             if end > len(buf):
@@ -134,9 +151,15 @@ class RecordLayer:
             if not inner:
                 raise TLSFailure("the server sent a TLS record without a content type")
             kind, content = inner[-1], inner[:-1]
+            if len(content) > _MAX_PLAINTEXT:  # §5.2 record_overflow (OpenSSL: after the padding)
+                raise TLSFailure("the server sent an oversized TLS record")
+            if self._handshake and kind != _HANDSHAKE:  # §5.1: no records inside a message
+                raise TLSFailure("the server interleaved a handshake message with other records")
             if kind == _APPLICATION_DATA:
                 plain.append(content)
             elif kind == _HANDSHAKE:
+                if not content:  # §5.1: no zero-length handshake fragments
+                    raise TLSFailure("the server sent an empty handshake record")
                 reply.append(self._post_handshake(content))
             elif kind == _ALERT:
                 if content[-1:] == b"\x00":
@@ -159,6 +182,8 @@ class RecordLayer:
             if kind == _KEY_UPDATE:
                 if length != 1 or body[0] > 1:
                     raise TLSFailure("the server sent a malformed KeyUpdate")
+                if buf:  # §5.1: a key change ends a record
+                    raise TLSFailure("the server's KeyUpdate did not end its record")
                 self._recv = self._recv.updated(self._suite)
                 if body[0] == 1:  # update_requested: ours goes out under the current key
                     reply += self.seal(b"\x18\x00\x00\x01\x00", _HANDSHAKE)
@@ -176,11 +201,24 @@ class KeyLog:
 
     def __init__(self, context: ssl.SSLContext) -> None:
         self._fd = os.memfd_create("inboxlink-tls-keys", os.MFD_CLOEXEC)
-        context.keylog_filename = f"/proc/self/fd/{self._fd}"
+        try:
+            context.keylog_filename = f"/proc/self/fd/{self._fd}"
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     @staticmethod
     def available() -> bool:
-        return hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir()
+        """Whether a memfd can be made here (the call may exist and still fail: an old kernel, a
+        seccomp filter) and /proc is there for OpenSSL to open it by."""
+        if not hasattr(os, "memfd_create") or not Path("/proc/self/fd").is_dir():
+            return False
+        try:
+            fd = os.memfd_create("inboxlink-tls-probe", os.MFD_CLOEXEC)
+        except OSError:
+            return False
+        os.close(fd)
+        return True
 
     def take(self) -> dict[bytes, bytes]:
         """The application traffic secrets logged since the last call, by label."""
