@@ -771,7 +771,10 @@ class PushWatcher:
             ca = self.settings.tls_ca_file
             self._tls = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
             if self.settings.push_tls_handoff and KeyLog.available():
-                self._keylog = KeyLog(self._tls)
+                try:
+                    self._keylog = KeyLog(self._tls)
+                except OSError as exc:  # out of descriptors, say: OpenSSL keeps every session
+                    log.warning("push: TLS sessions stay with OpenSSL (no key log: %s)", exc)
         return self._tls
 
     async def _open(self, w: _Watch, target: _Target) -> tuple[_Wire, _Session]:
