@@ -304,3 +304,47 @@ def test_post_handshake_messages_split_across_records() -> None:
     assert server.open(client.seal(b"DONE\r\n")) == (b"DONE\r\n", b"")
     with pytest.raises(TLSFailure, match="handshake message 13"):
         client.open(server.seal(b"\x0d\x00\x00\x00", 22))  # CertificateRequest: never offered
+
+
+@pytest.mark.parametrize("greeting", [b"220 smtp.example ESMTP ready\r\n", b"* OK IMAP4rev1 ready\r\n"])
+def test_a_plaintext_server_on_a_tls_port_fails_at_once(tmp_path: Path, greeting: bytes) -> None:
+    """Bytes that are no TLS record go to OpenSSL as they come, which refuses them at once; read as
+    a record header, "220 s..." would spell an 8 KB record and the handshake would wait for it."""
+    cert = tmp_path / "cert.pem"
+    write_self_signed_cert(cert, tmp_path / "key.pem", "127.0.0.1")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+
+        served: asyncio.Future[None] = loop.create_future()
+
+        async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                writer.write(greeting)
+                await writer.drain()
+                with contextlib.suppress(ConnectionError):
+                    await reader.read()  # until the client goes
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+            finally:
+                served.set_result(None)
+
+        server = await asyncio.start_server(greet, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        context = ssl.create_default_context(cafile=str(cert))
+        keylog = KeyLog(context)
+        _, wire = await loop.create_connection(
+            lambda: _Wire(loop, memoryview(bytearray(64 << 10))), "127.0.0.1", port
+        )
+        started = time.monotonic()
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await wire.start_tls(context, "127.0.0.1", loop.time() + 10, keylog)
+        assert time.monotonic() - started < 2
+        wire.close()
+        keylog.close()
+        await asyncio.wait_for(served, 5)
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())

@@ -96,6 +96,7 @@ _SCRATCH = 64 << 10  # the loop's one socket read buffer (see _Wire)
 # Bytes handed to a connection's incoming MemoryBIO at a time, OpenSSL draining it in between: the
 # BIO's buffer never shrinks (see _Wire._received).
 _BIO_FEED = 512
+_TLS_RECORD_TYPES = frozenset({20, 21, 22, 23})  # change_cipher_spec, alert, handshake, application_data
 _MAX_TLS_RECORD = (1 << 14) + 2048  # RFC 8446 §5.1/§5.2 and RFC 5246 §6.2.3: what a record may carry
 _STABLE_SECONDS = 60.0  # a connection that lasted this long resets the backoff
 _CHANGE_WORDS = frozenset({b"EXISTS", b"EXPUNGE", b"FETCH", b"STATUS", b"VANISHED", b"LIST"})
@@ -364,6 +365,15 @@ class _Wire(asyncio.BufferedProtocol):
         assert self._in is not None and self._tls is not None
         raw = self._raw + data
         while self._handshaking and self._lost is None and len(raw) >= 5:
+            if raw[0] not in _TLS_RECORD_TYPES or raw[1] != 3:
+                # not TLS at all (a plaintext server on a TLS port): OpenSSL says so at once, where
+                # waiting for a "record" of the length these bytes happen to spell would stall
+                for start in range(0, len(raw), _BIO_FEED):
+                    self._in.write(raw[start : start + _BIO_FEED])
+                self._handshake(pump=False)
+                if self._handshaking and self._lost is None:
+                    self._fail(_Dropped("the server does not speak TLS"))
+                return
             end = 5 + int.from_bytes(raw[3:5], "big")
             if end > 5 + _MAX_TLS_RECORD:
                 self._fail(_Dropped("the server sent an oversized TLS record"))
