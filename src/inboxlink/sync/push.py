@@ -411,6 +411,7 @@ class _Wire(asyncio.BufferedProtocol):
             self._transport = None
         self._tls = self._in = self._out = None
         self._records = None
+        self._secrets, self._raw, self._keylog = {}, b"", None  # a handshake cut short keeps nothing
 
 
 # -- one watch ---------------------------------------------------------------------------------------
