@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field, SecretStr
 
 from inboxlink.accounts import AccountView
-from inboxlink.api.deps import RuntimeDep, ViewerDep
+from inboxlink.api.deps import ROW_ID_MAX, RuntimeDep, ViewerDep
 from inboxlink.crm.access import Viewer, access_account
 from inboxlink.errors import Conflict
 from inboxlink.providers.imap.provider import ImapConfig
@@ -238,7 +238,9 @@ def account_messages(
     rt: RuntimeDep,
     viewer: ViewerDep,
     folder: Annotated[str | None, Query(max_length=512, description="only this folder (its key)")] = None,
-    after: Annotated[int, Query(ge=0, le=2**63 - 1, description="the `next_after` of the previous page")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=ROW_ID_MAX, description="the `next_after` of the previous page")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> MessagePage:
     """The mailbox's messages with their folders and flags, a page at a time (owner or operator)."""

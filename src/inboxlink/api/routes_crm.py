@@ -3,6 +3,7 @@ settings and the blocklist. Decode, authorize (`crm.access`), delegate."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import uuid
 from typing import Annotated, Any, Literal
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, insert, select
 
-from inboxlink.api.deps import RuntimeDep, ViewerDep
+from inboxlink.api.deps import Offset, RowId, RuntimeDep, ViewerDep
 from inboxlink.crm import linking, search, timeline
 from inboxlink.crm import settings as crm_settings
 from inboxlink.crm.access import Viewer, token_hash
@@ -110,7 +111,7 @@ def list_records(
     rt: RuntimeDep,
     q: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+    offset: Offset = 0,
 ) -> list[dict[str, Any]]:
     return [r.to_dict() for r in rt.records.find(record_type, limit=limit, offset=offset, q=q)]
 
@@ -154,7 +155,7 @@ def record_timeline(
     rt: RuntimeDep,
     viewer: ViewerDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """Newest first; one entry per message however many mailboxes hold it; `rule` and `evidence`
     say why it is here (all reasons in `reasons`); fields the viewer may not see are null."""
@@ -163,9 +164,6 @@ def record_timeline(
 
 
 # -- messages and search ----------------------------------------------------------------------------
-
-# A row id in a path: what the databases' 64-bit integer keys can hold (else a driver error, a 500).
-RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 @router.get("/messages/{message_id}")
@@ -221,7 +219,7 @@ def search_messages(
     viewer: ViewerDep,
     q: Annotated[str, Query(min_length=1, max_length=500)],
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     with rt.db.engine.begin() as conn:
         return search.search(conn, viewer, q, limit=limit, offset=offset)
@@ -297,12 +295,10 @@ def get_link_settings(rt: RuntimeDep) -> dict[str, Any]:
 def set_link_settings(body: SettingsBody, rt: RuntimeDep, viewer: ViewerDep) -> dict[str, Any]:
     _system_only(viewer, "changing the linking settings")
     with rt.db.engine.begin() as conn:
-        s = crm_settings.load(conn)
         before = crm_settings.load(conn)
-        for key, value in body.model_dump(exclude_none=True).items():
-            setattr(s, key, value)
+        s = dataclasses.replace(before, **body.model_dump(exclude_none=True))
         crm_settings.save(conn, s)
-        linking.settings_changed(conn, before)
+        linking.settings_changed(conn, before, s)
         return s.to_dict()
 
 

@@ -59,6 +59,20 @@ class PushMalformed(ValidationError):
     http_status = 400
 
 
+def check_push_token(token: str | None, expected: str) -> None:
+    """A push endpoint's ?token= against its secret (constant time); 403 when missing or wrong."""
+    if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise PushTokenInvalid("missing or wrong push token")
+
+
+def poke(request: Request, account_ids: list[str]) -> None:
+    """Sync these accounts soon (the scheduler of serve; without one, as in some tests: nothing)."""
+    scheduler = getattr(request.app.state, "scheduler", None)
+    if scheduler is not None:
+        for account_id in account_ids:
+            scheduler.trigger(account_id)
+
+
 def push_secret(configured: SecretStr | None, box: SecretBox, purpose: str) -> str:
     """The secret of one push endpoint: the configured one, else derived from the secret key for
     `purpose`; registered for redaction the first time it is made."""
@@ -170,15 +184,10 @@ async def google_push(
     ] = None,
 ) -> Response:
     """Gmail's Pub/Sub push: a watched mailbox changed; sync its accounts soon."""
-    expected = google_push_token(rt.settings, rt.box)
-    if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise PushTokenInvalid("missing or wrong push token")
+    check_push_token(token, google_push_token(rt.settings, rt.box))
     email, history_id = decode_gmail_notification(await request.body())
     account_ids = await run_in_threadpool(rt.accounts.syncable_by_email, "gmail", email)
-    scheduler = getattr(request.app.state, "scheduler", None)
-    for account_id in account_ids:
-        if scheduler is not None:
-            scheduler.trigger(account_id)
+    poke(request, account_ids)
     log.debug("Gmail push (history %d): %d account(s) poked", history_id, len(account_ids))
     return Response(status_code=204)
 

@@ -57,7 +57,6 @@ token). A forged request can only cause an incremental sync of an account.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import urllib.parse
 from typing import Annotated, Any
@@ -69,7 +68,7 @@ from starlette.concurrency import run_in_threadpool
 
 from inboxlink.api.deps import RuntimeDep
 from inboxlink.api.routes_oauth import _require_api_token
-from inboxlink.api.routes_push import ERROR_RESPONSE, PushMalformed, PushTokenInvalid, push_secret
+from inboxlink.api.routes_push import ERROR_RESPONSE, PushMalformed, check_push_token, poke, push_secret
 from inboxlink.auth.secrets import SecretBox
 from inboxlink.config import Settings
 
@@ -146,15 +145,10 @@ async def dovecot_push(
     ] = None,
 ) -> Response:
     """Dovecot delivered new mail to a user's INBOX: sync the IMAP accounts of that user soon."""
-    expected = dovecot_push_token(rt.settings, rt.box)
-    if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise PushTokenInvalid("missing or wrong push token")
+    check_push_token(token, dovecot_push_token(rt.settings, rt.box))
     notification = decode_dovecot_notification(await request.body())
     account_ids = await run_in_threadpool(rt.accounts.syncable_imap_by_login, notification.user, host)
-    scheduler = getattr(request.app.state, "scheduler", None)
-    if scheduler is not None:
-        for account_id in account_ids:
-            scheduler.trigger(account_id)
+    poke(request, account_ids)
     log.debug(
         "Dovecot push (%s, uid %s): %d account(s) poked",
         notification.event,

@@ -619,8 +619,8 @@ def _pass_down(conn: Connection, facts: Sequence[MessageFacts], ix: Index) -> No
         if not child_ids:
             break
         children = [c for c in load_facts(conn, sorted(child_ids)) if _skip_reason(c, ix) is None]
-        guessed = _guessed_deals(conn, children) if "deal" in ix.settings.auto_link else set()
         before = _existing_links(conn, [c.id for c in children])
+        guessed = _guessed_deals(conn, children, before) if "deal" in ix.settings.auto_link else set()
         redo |= _deal_from_thread(conn, [c for c in children if c.id in guessed], ix)
         if not _inherit(conn, children, ix):
             break
@@ -633,10 +633,12 @@ def _pass_down(conn: Connection, facts: Sequence[MessageFacts], ix: Index) -> No
         recompute(conn, redo)
 
 
-def _guessed_deals(conn: Connection, facts: Sequence[MessageFacts]) -> set[int]:
-    """Those of `facts` whose deal is a guess: a deal_contact link, or an open "which deal" question."""
+def _guessed_deals(
+    conn: Connection, facts: Sequence[MessageFacts], own: Mapping[int, Mapping[str, str]]
+) -> set[int]:
+    """Those of `facts` whose deal is a guess: a deal_contact link (`own`: their links), or an open
+    "which deal" question."""
     ids = [f.id for f in facts]
-    own = _existing_links(conn, ids)
     guessed = {i for i in ids if "deal_contact" in own.get(i, {}).values()}
     for chunk in _chunks(ids):
         guessed.update(
@@ -687,8 +689,8 @@ def link_messages(
     earlier: set[int] = set()
     if create and ix.settings.auto_create != "none" and "person" in ix.settings.auto_link:
         wanted = _Outcome()
-        for f in live:
-            _direct(f, ix, wanted, create=create is True or (not isinstance(create, bool) and f.id in create))
+        for f in live if create is True else [f for f in live if f.id in create]:
+            _direct(f, ix, wanted, create=True)
         if wanted.created:
             made = _create_people(conn, wanted)
             created = {(m, made[e]): ev for e, (_name, m, ev) in wanted.created.items()}
@@ -958,12 +960,14 @@ def forget_record(conn: Connection, record_id: str, affected: Iterable[int]) -> 
     recompute(conn, affected)
 
 
-def settings_changed(conn: Connection, before: crm_settings.LinkSettings) -> None:
-    """The linking settings were saved (`before` is what they were). Which record types link and
-    whether internal mail is skipped decide again for all past mail, so that its links never depend
-    on which records were edited since; the auto-creation policy applies to mail synced from now on."""
+def settings_changed(
+    conn: Connection, before: crm_settings.LinkSettings, after: crm_settings.LinkSettings
+) -> None:
+    """The linking settings were saved as `after` (`before` is what they were). Which record types
+    link and whether internal mail is skipped decide again for all past mail, so that its links never
+    depend on which records were edited since; the auto-creation policy applies to mail synced from
+    now on."""
     bump(conn)
-    after = load_index(conn).settings
     if set(before.auto_link) == set(after.auto_link) and before.exclude_internal == after.exclude_internal:
         return
     recompute(

@@ -256,34 +256,37 @@ class RecordService:
         created = updated = 0
         ids: list[str] = []
         with self.db.engine.begin() as conn:
-            wanted = sorted({d.external_id for _k, d in items if d.external_id})
-            known = [
-                r.id
-                for i in range(0, len(wanted), 500)
+            # our ids of the records this import names (its own, and those it refers to), read once;
+            # records it creates join as it goes, so a later item can update or refer to them
+            named = sorted(
+                {d.external_id for _k, d in items if d.external_id}
+                | {ref for _k, d in items for ref in (d.company_id, d.person_id) if ref}
+            )
+            by_external: dict[tuple[str, str], str] = {
+                (r.type, r.external_id): r.id
+                for i in range(0, len(named), 500)
                 for r in conn.execute(
-                    select(records.c.id).where(records.c.external_id.in_(wanted[i : i + 500]))
+                    select(records.c.id, records.c.type, records.c.external_id).where(
+                        records.c.external_id.in_(named[i : i + 500])
+                    )
                 )
+            }
+            updating = [
+                by_external[(k, d.external_id or "")]
+                for k, d in items
+                if (k, d.external_id or "") in by_external
             ]
-            before = linking.affected_by(conn, known)  # the mail of what the updates take away
+            before = linking.affected_by(conn, updating)  # the mail of what the updates take away
             for kind, data in items:
                 _check_type(kind)
                 if not data.external_id:
                     raise ValidationError("every imported record needs an external_id")
                 for attr, ref_kind in (("company_id", "company"), ("person_id", "person")):
                     ref = getattr(data, attr)
-                    if ref is not None:
-                        found = conn.execute(
-                            select(records.c.id).where(
-                                records.c.type == ref_kind, records.c.external_id == ref
-                            )
-                        ).scalar()
-                        if found:
-                            setattr(data, attr, found)
-                existing = conn.execute(
-                    select(records.c.id).where(
-                        records.c.type == kind, records.c.external_id == data.external_id
-                    )
-                ).scalar()
+                    found = by_external.get((ref_kind, ref)) if ref is not None else None
+                    if found:
+                        setattr(data, attr, found)
+                existing = by_external.get((kind, data.external_id))
                 if existing:
                     _write(conn, kind, existing, data, creating=False)
                     updated += 1
@@ -292,6 +295,7 @@ class RecordService:
                     rid = uuid.uuid4().hex[:16]
                     _write(conn, kind, rid, data, creating=True)
                     conn.execute(update(records).where(records.c.id == rid).values(origin="import"))
+                    by_external[(kind, data.external_id)] = rid
                     created += 1
                     ids.append(rid)
             linking.relink_records(conn, ids, before)

@@ -368,8 +368,7 @@ class _Wire(asyncio.BufferedProtocol):
             if raw[0] not in _TLS_RECORD_TYPES or raw[1] != 3:
                 # not TLS at all (a plaintext server on a TLS port): OpenSSL says so at once, where
                 # waiting for a "record" of the length these bytes happen to spell would stall
-                for start in range(0, len(raw), _BIO_FEED):
-                    self._in.write(raw[start : start + _BIO_FEED])
+                self._in.write(raw)  # (whole: the connection ends here, its BIO with it)
                 self._handshake(pump=False)
                 if self._handshaking and self._lost is None:
                     self._fail(_Dropped("the server does not speak TLS"))
