@@ -3,9 +3,11 @@ ours) and our copy from the database, in the same shape, so tests compare the tw
 
 from __future__ import annotations
 
+import asyncio
 import imaplib
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+from pathlib import Path
 
 import pytest
 import uvicorn
@@ -25,7 +28,7 @@ from inboxlink.providers.imap.provider import ImapConfig
 from inboxlink.runtime import Runtime
 from inboxlink.store.db import Database
 from inboxlink.store.schema import folders, messages, placements
-from inboxlink.testing.dovecot import MailUser
+from inboxlink.testing.dovecot import MailUser, write_self_signed_cert
 
 State = dict[str, dict[str, frozenset[str]]]  # folder -> {Message-ID: flags}
 
@@ -190,6 +193,45 @@ def offer_only(monkeypatch: pytest.MonkeyPatch, extensions: str) -> None:
         return client
 
     monkeypatch.setattr(imap_provider.ImapProvider, "_connect", connect_hiding)
+
+
+def backend_runtime(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Runtime]:
+    """The body of an `rt` fixture for a test parametrized with `backend` (see `database_url`)."""
+    runtime = Runtime.open(
+        Settings(home=tmp_path / "home", allow_private_hosts=True, database_url=database_url(request))
+    )
+    yield runtime
+    runtime.close()
+
+
+class FakeTransport(asyncio.Transport):
+    """Under a `_Wire` driven by hand: what it writes is kept (`take()`), an abort only noted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = bytearray()
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += data
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def take(self) -> bytes:
+        data, self.sent = bytes(self.sent), bytearray()
+        return data
+
+
+def tls_server_context(tmp: Path) -> tuple[ssl.SSLContext, Path]:
+    """A TLS server context for 127.0.0.1 with a self-signed certificate kept in `tmp` (made on the
+    first call), and that certificate's path, for the client to trust."""
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    if not cert.exists():
+        write_self_signed_cert(cert, key, "127.0.0.1")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context, cert
 
 
 def database_url(request: pytest.FixtureRequest) -> str | None:

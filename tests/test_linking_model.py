@@ -24,12 +24,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from inboxlink.config import Settings
 from inboxlink.crm.records import RecordInput
 from inboxlink.runtime import Runtime
 from inboxlink.store.schema import links, messages
 from inboxlink.testing.dovecot import Dovecot, MailUser
-from tests.support import database_url, pair
+from tests.support import backend_runtime, pair
 
 DOMAINS = ["acme.example", "globex.example", "initech.example", "umbrella.example", "mail.acme.example"]
 FREEMAIL = "gmail.com"
@@ -41,10 +40,7 @@ Link = tuple[str, str, str]  # (Message-ID, record id, rule)
 @pytest.fixture
 def rt(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Runtime]:
     """SQLite, or PostgreSQL for the seeds marked so (re-linking's queries differ)."""
-    url = database_url(request)
-    runtime = Runtime.open(Settings(home=tmp_path / "home", allow_private_hosts=True, database_url=url))
-    yield runtime
-    runtime.close()
+    yield from backend_runtime(tmp_path, request)
 
 
 class World:

@@ -57,12 +57,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from inboxlink.api.app import create_app
-from inboxlink.config import Settings
 from inboxlink.crm.records import RecordInput
 from inboxlink.runtime import Runtime
 from inboxlink.store.schema import links, messages, records, review_items
 from inboxlink.testing.dovecot import Dovecot, MailUser
-from tests.support import database_url, pair
+from tests.support import backend_runtime, pair
 
 DOMAINS = ["acme.example", "mail.acme.example", "globex.example", "initech.example"]
 FREEMAIL = "gmail.com"
@@ -111,10 +110,7 @@ class Mail:
 
 @pytest.fixture
 def rt(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Runtime]:
-    url = database_url(request)
-    runtime = Runtime.open(Settings(home=tmp_path / "home", allow_private_hosts=True, database_url=url))
-    yield runtime
-    runtime.close()
+    yield from backend_runtime(tmp_path, request)
 
 
 def domain_of(address: str) -> str:

@@ -22,6 +22,7 @@ import pytest
 from inboxlink.sync.push import _Wire
 from inboxlink.sync.tls13 import KeyLog, RecordLayer, TLSFailure
 from inboxlink.testing.dovecot import write_self_signed_cert
+from tests.support import FakeTransport, tls_server_context
 
 pytestmark = pytest.mark.skipif(not KeyLog.available(), reason="needs memfd_create and /proc")
 
@@ -155,35 +156,16 @@ def test_tls_1_2_stays_with_openssl(s_server: Callable[..., SServer]) -> None:
     asyncio.run(scenario())
 
 
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        self.sent = bytearray()
-        self.aborted = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.sent += data
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def take(self) -> bytes:
-        data, self.sent = bytes(self.sent), bytearray()
-        return data
-
-
 class _Memory:
     """A wire handed off from a handshake with Python's TLS server over memory BIOs."""
 
     def __init__(self, tmp: Path) -> None:
-        cert, key = tmp / "cert.pem", tmp / "key.pem"
-        write_self_signed_cert(cert, key, "127.0.0.1")
-        server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server_context.load_cert_chain(cert, key)
+        server_context, cert = tls_server_context(tmp)
         self.client_context = ssl.create_default_context(cafile=str(cert))
         self.keylog = KeyLog(self.client_context)
         self.s_in, self.s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.server = server_context.wrap_bio(self.s_in, self.s_out, server_side=True)
-        self.transport = _Transport()
+        self.transport = FakeTransport()
 
     async def connect(self, feed: Callable[[_Wire, bytes], None] | None = None) -> _Wire:
         loop = asyncio.get_running_loop()

@@ -27,8 +27,8 @@ import pytest
 from inboxlink.sync import push, tls13
 from inboxlink.sync.push import _Dropped, _Wire
 from inboxlink.sync.tls13 import SUITES, KeyLog, RecordLayer, TLSFailure, _Direction, _Suite, expand_label
-from inboxlink.testing.dovecot import write_self_signed_cert
-from tests.test_tls13 import SServer, _Transport, s_server  # noqa: F401 (s_server: a fixture)
+from tests.support import FakeTransport, tls_server_context
+from tests.test_tls13 import SServer, s_server  # noqa: F401 (s_server: a fixture)
 
 pytestmark = pytest.mark.skipif(not KeyLog.available(), reason="needs memfd_create and /proc")
 
@@ -101,11 +101,7 @@ class _Pair:
     genuine to both."""
 
     def __init__(self, tmp: Path) -> None:
-        cert, key = tmp / "cert.pem", tmp / "key.pem"
-        if not cert.exists():
-            write_self_signed_cert(cert, key, "127.0.0.1")
-        server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server_context.load_cert_chain(cert, key)
+        server_context, cert = tls_server_context(tmp)
         client_context = ssl.create_default_context(cafile=str(cert))
         keylog = KeyLog(client_context)
         self.c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -262,11 +258,7 @@ class _Server:
     made with that secret, in the same bytes as the flight, as some servers do."""
 
     def __init__(self, tmp: Path) -> None:
-        cert, key = tmp / "cert.pem", tmp / "key.pem"
-        if not cert.exists():
-            write_self_signed_cert(cert, key, "127.0.0.1")
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(cert, key)
+        self.context, cert = tls_server_context(tmp)
         self.keylog = KeyLog(self.context)
         self.client_context = ssl.create_default_context(cafile=str(cert))
         self.client_keylog = KeyLog(self.client_context)
@@ -291,16 +283,16 @@ async def _handoff(
     feed: Callable[[_Wire, bytes], None],
     after: Callable[[_Direction, _Suite], bytes],
     wire: _Wire | None = None,
-) -> tuple[_Wire, _Transport, RecordLayer, _Probe]:
+) -> tuple[_Wire, FakeTransport, RecordLayer, _Probe]:
     """A wire's handshake (a new wire's, or `wire`'s: STARTTLS) with `server`, the flight and
     `after(direction, suite)` fed by `feed`; returns the wire, its transport, the server's side of the
     records (for what the wire sends and anything more) and the probe."""
     loop = asyncio.get_running_loop()
     if wire is None:
         wire = _Wire(loop, memoryview(bytearray(64 << 10)))
-        wire.connection_made(_Transport())
+        wire.connection_made(FakeTransport())
     transport = wire._transport
-    assert isinstance(transport, _Transport)
+    assert isinstance(transport, FakeTransport)
     s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = server.context.wrap_bio(s_in, s_out, server_side=True)
     probe = _Probe()
@@ -456,7 +448,7 @@ def test_starttls_hands_off_too(tmp_path: Path) -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         wire = _Wire(loop, memoryview(bytearray(64 << 10)))
-        wire.connection_made(_Transport())
+        wire.connection_made(FakeTransport())
         wire._received(b"* OK IMAP4rev1\r\n")
         assert await wire.readline(loop.time() + 1) == b"* OK IMAP4rev1\r\n"
         wire.write(b"a1 STARTTLS\r\n")
@@ -471,7 +463,7 @@ def test_starttls_hands_off_too(tmp_path: Path) -> None:
         assert peer.open(transport.take()) == (b"a2 LOGIN\r\n", b"")
 
         wire = _Wire(loop, memoryview(bytearray(64 << 10)))
-        wire.connection_made(_Transport())
+        wire.connection_made(FakeTransport())
         wire._received(b"a1 OK Begin TLS\r\n* 1 EXISTS\r\n")
         assert await wire.readline(loop.time() + 1) == b"a1 OK Begin TLS\r\n"
         with pytest.raises(_Dropped, match="before the TLS handshake"):
@@ -511,7 +503,7 @@ def test_interleaved_handshakes_get_their_own_secrets(tmp_path: Path) -> None:
         loop = asyncio.get_running_loop()
         conns = []
         for _ in range(12):
-            transport = _Transport()
+            transport = FakeTransport()
             wire = _Wire(loop, memoryview(bytearray(64 << 10)))
             wire.connection_made(transport)
             s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -555,7 +547,7 @@ def test_tls_1_2_and_unknown_suites_stay_with_openssl(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        transport = _Transport()
+        transport = FakeTransport()
         wire = _Wire(loop, memoryview(bytearray(64 << 10)))
         wire.connection_made(transport)
         s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
