@@ -85,8 +85,9 @@ class Settings(BaseSettings):
     )
     push_tls_handoff: bool = Field(
         default=True,
-        description="after a TLS 1.3 handshake an IMAP watch keeps only its traffic keys (~0.6 KB), "
-        "not OpenSSL's connection (~21 KB); the keys are read from OpenSSL's key log, held in memory",
+        description="after a TLS 1.3 handshake an IMAP watch keeps only its traffic keys, not OpenSSL's "
+        "connection (measured: 3.0 instead of 23.9 KB per idle connection); the keys are read from "
+        "OpenSSL's key log, held in memory",
     )
     connect_timeout_seconds: float = 20.0
     backoff_max_seconds: float = 300.0
