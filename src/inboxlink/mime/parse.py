@@ -926,8 +926,8 @@ def _from_fmp(mail: fmp.PyLazyMail, raw: bytes) -> ParsedMessage:
     # Header bytes that are not UTF-8 (8-bit legacy charsets, a stray byte in UTF-8): fast-mail-
     # parser reads them as Latin-1; the hand reader as UTF-8 with each other byte Windows-1252.
     raw_headers: dict[str, str] | None = None
-    if any(not v.isascii() for v in sel.values()) and not _utf8(_header_block(raw)):
-        raw_headers = _read_headers(raw)
+    if any(not v.isascii() for v in sel.values()) and not _utf8(block := _header_block(raw)):
+        raw_headers = _read_header_lines(block)  # what _read_headers does for a non-UTF-8 block
         for key, fmp_value in sel.items():
             own = raw_headers.get(key)
             if not fmp_value.isascii() and own is not None and not own.isascii():
