@@ -10,7 +10,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -20,14 +20,15 @@ from pathlib import Path
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from inboxlink.api.app import create_app
 from inboxlink.config import Settings
 from inboxlink.providers.imap.provider import ImapConfig
 from inboxlink.runtime import Runtime
 from inboxlink.store.db import Database
-from inboxlink.store.schema import folders, messages, placements
+from inboxlink.store.schema import accounts, folders, messages, placements
+from inboxlink.sync.scheduler import Scheduler
 from inboxlink.testing.dovecot import MailUser, write_self_signed_cert
 
 State = dict[str, dict[str, frozenset[str]]]  # folder -> {Message-ID: flags}
@@ -162,6 +163,36 @@ def serving(settings_for: Callable[[str], Settings]) -> Iterator[tuple[str, Runt
         thread.join(timeout=30)
         sock.close()
         rt.close()
+
+
+def polled(
+    rt: Runtime,
+    account_id: str,
+    *,
+    last_sync: timedelta,
+    pushed: Callable[[], Collection[str]] | None,
+    interval: float = 60.0,
+) -> bool:
+    """Whether a scheduler polling every `interval` s and told `pushed` finds the account due, its
+    last sync set `last_sync` ago: asked of `Scheduler._due()` directly (that scheduler is never
+    started), so no test waits for an interval to pass."""
+    with rt.db.engine.begin() as conn:
+        conn.execute(
+            update(accounts)
+            .where(accounts.c.id == account_id)
+            .values(last_sync_at=datetime.now(UTC) - last_sync, next_attempt_at=None)
+        )
+    scheduler = Scheduler(rt.engine, interval=interval)  # its pool and thread start only when used
+    scheduler.pushed = pushed
+    due, _poked = scheduler._due()
+    return account_id in due
+
+
+def sync_idle(rt: Runtime, account_id: str) -> bool:
+    """No sync of the account holds its lease (the engine writes `last_sync_at` before it lets go)."""
+    with rt.db.engine.connect() as conn:
+        holder = conn.execute(select(accounts.c.lease_owner).where(accounts.c.id == account_id)).scalar()
+    return holder is None
 
 
 def config_for(user: MailUser, **kw: object) -> ImapConfig:

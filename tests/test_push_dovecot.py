@@ -17,6 +17,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,10 @@ import pytest
 from inboxlink.config import Settings
 from inboxlink.providers.imap.provider import ImapConfig
 from inboxlink.runtime import Runtime
+from inboxlink.sync.scheduler import Scheduler
 from inboxlink.testing import dovecot as dovecot_module
 from inboxlink.testing.dovecot import Dovecot, MailUser
-from tests.support import make_message, message_rows, serving
+from tests.support import make_message, message_rows, polled, serving, sync_idle
 
 NEVER = 1e9  # seconds: the poll interval
 OPERATOR = "operator-token-for-dovecot-push"
@@ -58,6 +60,7 @@ class Served:
     dovecot: Dovecot
     endpoint: str
     poked: list[str]  # every account the scheduler was asked to sync (the real trigger runs too)
+    scheduler: Scheduler  # serve's own
     users: int = 0
 
     @property
@@ -152,7 +155,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         assert shown.status_code == 200, shown.text
         endpoint = shown.json()["endpoint"]
         with Dovecot(push_url=endpoint) as dovecot:
-            yield Served(url, rt, dovecot, endpoint, poked)
+            yield Served(url, rt, dovecot, endpoint, poked, scheduler)
 
 
 def test_a_delivery_reaches_the_timeline_through_the_hook(served: Served) -> None:
@@ -284,6 +287,23 @@ def test_unknown_users_other_hosts_and_unpaired_accounts_are_acknowledged_and_no
     assert served.account(account)["status"] == "disconnected"
     assert served.poked.count(account) == 1, "poked while paired, not after"
     assert "push-notification-ox: Error" not in served.dovecot.log_path.read_text()
+
+
+def test_the_hook_does_not_count_as_push_for_polling(served: Served) -> None:
+    """Unlike Gmail's pushes (`sync/gmail_push.py`), the hook tells of new INBOX mail only: an
+    account it keeps up to date is still polled every poll interval, for flags, expunges and Sent."""
+    user = served.new_user()
+    account = served.pair(user)
+    raw = make_message(40, to=user.email)
+    served.dovecot.deliver_lmtp(user.email, raw)
+    eventually(
+        lambda: mid(raw) in message_rows(served.rt.db, account) and sync_idle(served.rt, account),
+        "the hooked delivery synced",
+    )
+    assert account in served.poked
+    pushed = served.scheduler.pushed
+    assert pushed is not None and account not in pushed()
+    assert polled(served.rt, account, last_sync=timedelta(minutes=5), pushed=pushed, interval=60)
 
 
 def test_the_operator_reads_the_url_and_a_config_dovecot_accepts(served: Served, tmp_path: Path) -> None:

@@ -107,6 +107,7 @@ def _with_push(application: Any) -> None:
     from contextlib import asynccontextmanager
 
     from inboxlink.sync.push import PushWatcher
+    from inboxlink.sync.scheduler import any_of
 
     inner = application.router.lifespan_context
 
@@ -115,7 +116,7 @@ def _with_push(application: Any) -> None:
         async with inner(app) as state:
             rt, scheduler = app.state.runtime, app.state.scheduler
             watcher = PushWatcher(rt.db, rt.box, rt.settings, scheduler.trigger)
-            scheduler.pushed = watcher.live
+            scheduler.pushed = any_of(scheduler.pushed, watcher.live)  # and Gmail's (create_app)
             watcher.start()
             try:
                 yield state

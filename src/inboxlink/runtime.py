@@ -18,6 +18,7 @@ from inboxlink.crm.records import RecordService
 from inboxlink.outbound.outbox import OutboxService
 from inboxlink.store.db import Database, open_database
 from inboxlink.sync.engine import SyncEngine
+from inboxlink.sync.gmail_push import GmailPushes
 
 if TYPE_CHECKING:
     from inboxlink.tasks import TaskQueue
@@ -32,6 +33,7 @@ class Runtime:
     engine: SyncEngine
     records: RecordService
     outbox: OutboxService
+    gmail_pushes: GmailPushes  # Pub/Sub pushes received: which Gmail accounts push keeps in sync
     _queue: TaskQueue | None = None
 
     @property
@@ -76,6 +78,7 @@ class Runtime:
             engine=engine,
             records=RecordService(db),
             outbox=OutboxService(db, accounts.open_provider),
+            gmail_pushes=GmailPushes(db),
         )
         rt.outbox.on_queued = lambda oid, when: rt.queue.enqueue_send(oid, when)
         return rt

@@ -47,6 +47,7 @@ def create_app(
         )
         app.state.scheduler = scheduler
         if scheduler:
+            scheduler.pushed = rt.gmail_pushes.live  # serve adds its IMAP watchers' (cli._with_push)
             scheduler.start()
             rt.queue.start_consumer()  # the outbox's send-later and the minute sweep (tasks.py)
         try:

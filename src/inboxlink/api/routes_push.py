@@ -11,6 +11,9 @@
                                                      204 as well, or Pub/Sub would retry for days
 
 The answer comes at once: the sync runs later on the scheduler's pool, which coalesces pokes.
+Each push is also recorded (`sync/gmail_push.GmailPushes.received`): it proves that the topic's
+subscription reaches this endpoint, so for the next 30 min (`PUSHED_POLL_SECONDS`) an account of
+that mailbox whose watch is live is polled only as a safety net, not every poll interval.
 
 Why a token in the URL rather than our bearer token: a Pub/Sub push subscription can send no header
 of ours, only the endpoint URL it was given (and, optionally, a Google-signed OIDC token). So the URL
@@ -21,7 +24,8 @@ subscription. Keep it out of logs (it is registered for redaction; serve writes 
 A deployment may also configure the subscription with a service account and verify the OIDC JWT
 Pub/Sub then sends (`Authorization: Bearer`, issuer accounts.google.com, audience and email as
 configured) in front of this route; not done here, where the simulator cannot sign one. What a
-forged push could do is small anyway: poke an incremental sync of a mailbox, no data goes out.
+forged push could do is small anyway: poke an incremental sync of a mailbox, no data goes out,
+and keep an account with a live watch on the 30-minute safety-net poll.
 """
 
 from __future__ import annotations
@@ -187,6 +191,7 @@ async def google_push(
     check_push_token(token, google_push_token(rt.settings, rt.box))
     email, history_id = decode_gmail_notification(await request.body())
     account_ids = await run_in_threadpool(rt.accounts.syncable_by_email, "gmail", email)
+    rt.gmail_pushes.received(account_ids)  # the path works: polled as a safety net only (gmail_push)
     poke(request, account_ids)
     log.debug("Gmail push (history %d): %d account(s) poked", history_id, len(account_ids))
     return Response(status_code=204)

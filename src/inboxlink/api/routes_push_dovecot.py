@@ -41,7 +41,9 @@ probes with a bare HTTP listener), matching Dovecot's documentation of the OX dr
   ``snippet`` the start of the body, ``unseen`` the INBOX's unseen count.
 - Coverage: MessageNew only, in INBOX only: LMTP and dovecot-lda deliveries to INBOX are sent;
   dovecot-lda into another folder, IMAP APPEND (also with the plugin in imap), COPY and
-  ``doveadm save`` are not. Flag changes, expunges and Sent are left to the IMAP watchers.
+  ``doveadm save`` are not. Flag changes, expunges and Sent are left to the IMAP watchers. Hence
+  a request here does not count as push for the scheduler (unlike Gmail's, `sync/gmail_push.py`):
+  an account only the hook tells of is still polled every poll interval.
 - Timing: the request goes out synchronously inside the delivery, after the mail is committed and
   before LMTP answers the MTA (it arrived ~0.5 ms before `deliver_lmtp` returned; an endpoint
   that takes 1.5 s makes the delivery take 1.5 s). A refused connection costs the delivery

@@ -4,11 +4,15 @@
     backoff has passed (`next_attempt_at`) and whose last sync is older than the poll interval
     (or that were poked through `trigger()`), are handed to a small pool; one run each at a time.
 
-Push calls `trigger()` (IMAP IDLE: `sync/push.py`; provider webhooks later): a poked account runs
-at the next wake, whatever its interval. Pokes coalesce: those before a run starts make one run,
-those during a run make exactly one follow-up run after it (a change seen mid-run may have been
-missed by it). Accounts that `pushed()` reports as watched are polled only every
-`PUSHED_POLL_SECONDS`, as a safety net; `poll = False` syncs poked accounts only (`inboxlink watch`).
+Push calls `trigger()` (IMAP IDLE: `sync/push.py`; Gmail's Pub/Sub and Dovecot's delivery hook:
+`api/routes_push*.py`): a poked account runs at the next wake, whatever its interval. Pokes
+coalesce: those before a run starts make one run, those during a run make exactly one follow-up run
+after it (a change seen mid-run may have been missed by it). Accounts that `pushed()` reports (push
+tells of every change of theirs) are polled only every `PUSHED_POLL_SECONDS`, as a safety net. In
+serve that is the union (`any_of`) of the IMAP watchers in IDLE (`PushWatcher.live`) and the Gmail
+accounts whose users.watch is live and of which a Pub/Sub push arrived within `PUSHED_POLL_SECONDS`
+(`sync/gmail_push.GmailPushes.live`, which says why both); never Dovecot's delivery hook, which
+reports new INBOX mail only. `poll = False` syncs poked accounts only (`inboxlink watch`).
 An account in auth_error, unsupported or disconnected is never touched: only pairing again
 revives it. A transient failure only pushes `next_attempt_at` back (the engine records it).
 
@@ -150,6 +154,16 @@ class Scheduler:
         except Exception:
             log.exception("sync of account %s failed", account_id)
             return None
+
+
+def any_of(*sources: Callable[[], Collection[str]] | None) -> Callable[[], frozenset[str]]:
+    """One `Scheduler.pushed` of several (None: none): the accounts that any of them reports."""
+    present = [source for source in sources if source is not None]
+
+    def pushed() -> frozenset[str]:
+        return frozenset(account for source in present for account in source())
+
+    return pushed
 
 
 def _aware(value: datetime) -> datetime:
