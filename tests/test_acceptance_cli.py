@@ -572,13 +572,6 @@ def test_sync_converges_after_the_server_changes(tmp_path: Path, mail_user: Mail
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a folder deleted on the server drops its placements (store/mailstore.upsert_folders -> "
-    "drop_placements) but never soft-deletes the messages it held alone: they stay live with no "
-    "placement, so `sync --json` messages, `accounts` and `messages --json` count mail the server no "
-    "longer has (docs: a message whose last placement goes is soft-deleted)",
-)
 def test_a_folder_deleted_on_the_server_takes_its_only_copies_along(
     tmp_path: Path, mail_user: MailUser
 ) -> None:

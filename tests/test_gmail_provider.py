@@ -172,6 +172,40 @@ def test_sync_labels_as_placements_incremental_and_expired_history(
     engine.close()
 
 
+def test_a_deleted_label_drops_its_placements_but_keeps_its_mail(
+    sim: GoogleSim, account: GmailAccount, db: Database
+) -> None:
+    """A folder gone from the server takes its placements along, and mail held in no other folder is
+    soft-deleted (mailstore.upsert_folders); a deleted Gmail label is such a folder, but its mail
+    is still in the mailbox (archived): the history's labelsRemoved move it to ARCHIVE, which
+    revives it, downloading nothing."""
+    box = sim.mailbox(account.email)
+    with sim.state.lock:
+        label = box.create_label("Doomed")
+        inbox = sorted(m.id for m in box.messages.values() if mapping.placements(m.label_ids) == {"INBOX"})
+        only_there, also_inbox = inbox[0], inbox[1]
+        box.modify([only_there], [label.id], ["INBOX"])  # archived, kept under the label only
+        box.modify([also_inbox], [label.id], [])
+    provider = account.provider()
+    engine = SyncEngine(db, lambda _id: provider)
+    account_id = new_account(db, account.email)
+    assert engine.sync(account_id).status == "connected"
+    assert {f for f, pid, _ in our_placements(db, account_id) if pid == only_there} == {label.id}
+
+    with sim.state.lock:
+        box.delete_label(label.id)
+    report = engine.sync(account_id)
+    assert report.status == "connected", report.reason
+    assert report.fetched == 0
+    ours = our_placements(db, account_id)
+    assert ours == server_placements(sim, account.email)
+    assert {f for f, pid, _ in ours if pid == only_there} == {"ARCHIVE"}
+    assert {f for f, pid, _ in ours if pid == also_inbox} == {"INBOX"}
+    rows = live_rows(db, account_id)
+    assert len(rows) == len(set(rows)) == len(box.messages)
+    engine.close()
+
+
 def test_history_404_is_cursor_expired_and_stale_page_token_too(
     account: GmailAccount, sim: GoogleSim
 ) -> None:

@@ -30,7 +30,10 @@ def flags_text(flags: Iterable[str]) -> str:
 
 # -- folders -----------------------------------------------------------------------------------
 def upsert_folders(conn: Connection, account_id: str, found: Sequence[Folder]) -> dict[str, int]:
-    """Record the server's folders; mark the ones that disappeared. Returns key -> folder id."""
+    """Record the server's folders; mark the ones that disappeared, whose placements go with them
+    (a message held by no other folder is soft-deleted, as when its last copy is expunged; a folder
+    renamed on the server is a new folder whose stream attaches and revives them). Returns key ->
+    folder id."""
     existing = {
         r.key: r
         for r in conn.execute(
@@ -55,10 +58,13 @@ def upsert_folders(conn: Connection, account_id: str, found: Sequence[Folder]) -
                 .where(folders.c.id == row.id)
                 .values(name=f.name, role=f.role.value, gone=False)
             )
+    orphans: set[int] = set()
     for key, row in existing.items():
         if key not in seen and not row.gone:
             conn.execute(update(folders).where(folders.c.id == row.id).values(gone=True, cursor=None))
-            drop_placements(conn, row.id)
+            orphans |= drop_placements(conn, row.id)
+    if orphans:
+        sweep_orphans(conn, orphans, datetime.now(UTC))
     return {
         r.key: r.id
         for r in conn.execute(select(folders.c.id, folders.c.key).where(folders.c.account_id == account_id))
