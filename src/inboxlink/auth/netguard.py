@@ -133,7 +133,7 @@ def _refusal(host: str, ip: _IPAddress, *, literal: bool, allow_private: bool) -
     else:
         message = (
             f"{subject} {description}; this server does not connect to loopback or private "
-            f"addresses (the operator can allow them with {_ALLOW_SETTING}=true)"
+            f"addresses (the operator can allow them with {_ALLOW_SETTING}=1)"
         )
     return HostRefused(message, host=host, address=str(ip), reason=description)
 
