@@ -695,13 +695,6 @@ def test_a_temporary_recipient_refusal_is_retried_later(
     assert item["send_at"] is not None and item["send_at"] > datetime.now(UTC).isoformat()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="POST /api/v1/outbox takes a send_at without a time zone ('2099-01-01T09:00:00') and "
-    "queues it as UTC (201, send_at '2099-01-01T09:00:00+00:00'); the OpenAPI document says 'send "
-    "later (ISO 8601 with a time zone)' and `inboxlink send --send-at` refuses the same value "
-    "('--send-at needs a time zone')",
-)
 def test_a_send_later_time_without_a_time_zone_is_refused(team: Team, mail_user: MailUser) -> None:
     account = team.pair(mail_user)
     naive = {
@@ -773,14 +766,6 @@ def test_a_send_later_goes_out_at_its_time(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on a server whose local time zone is not UTC a send-later misses its time: "
-    "TaskQueue.enqueue_send hands Huey a naive UTC eta, which Huey (utc=True) reads as LOCAL time "
-    "(huey.utils.local_to_utc, which also drops the microseconds): at UTC+9 the task runs 9 h early, "
-    "finds the row not due and is spent, and the message waits for the minute sweep (up to 60 s "
-    "late; at UTC, a send_at with a fraction of a second misses the same way)",
-)
 def test_a_send_later_goes_out_at_its_time_on_a_server_east_of_utc(
     tmp_path: Path, mail_user: MailUser, smtp: tuple[Mailer, int]
 ) -> None:

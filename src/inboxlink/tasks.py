@@ -47,7 +47,14 @@ class TaskQueue:
 
         @self.huey.task(name="send_outbox")  # type: ignore[untyped-decorator]
         def send_outbox(outbox_id: str) -> None:
-            outbox().send(outbox_id)
+            state = outbox().send(outbox_id)
+            due = state.get("send_at")
+            if state.get("status") == "queued" and due:
+                # ran before its time (Huey's scheduler rounds, clocks step): look again then, not
+                # at the next minute's sweep
+                when = datetime.fromisoformat(due)
+                if when > datetime.now(UTC):
+                    self.enqueue_send(outbox_id, when)
 
         @self.huey.periodic_task(crontab(minute="*"), name="outbox_sweep")  # type: ignore[untyped-decorator]
         def outbox_sweep() -> None:
@@ -75,8 +82,11 @@ class TaskQueue:
     def enqueue_send(self, outbox_id: str, when: datetime | None) -> None:
         if when is None:
             self._send(outbox_id)
-        else:  # Huey compares naive UTC times (utc=True)
-            eta = when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
+        else:
+            # An aware time: Huey (utc=True) converts it to UTC exactly. A naive one it would read
+            # as the machine's local time, with the fraction of a second dropped: early anywhere
+            # east of UTC, and by up to a second everywhere.
+            eta = when if when.tzinfo else when.replace(tzinfo=UTC)
             self._send.schedule(args=(outbox_id,), eta=eta)
 
     def pending(self) -> int:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from inboxlink.api import (
+    errors,
     routes_accounts,
     routes_crm,
     routes_oauth,
@@ -19,9 +19,9 @@ from inboxlink.api import (
     routes_push_dovecot,
     routes_webhooks,
 )
+from inboxlink.api.errors import RESPONSES
 from inboxlink.config import Settings
 from inboxlink.crm.access import SYSTEM, Viewer, access_user, viewer_for_token
-from inboxlink.errors import InboxlinkError
 from inboxlink.outbound.webhooks import WebhookLoop
 from inboxlink.runtime import Runtime
 from inboxlink.sync.scheduler import Scheduler
@@ -103,20 +103,18 @@ def create_app(
         description="Mail, calendars and contacts of your team, in your CRM.",
     )
 
-    @app.exception_handler(InboxlinkError)
-    async def _error(_request: Request, exc: InboxlinkError) -> JSONResponse:
-        body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message}}
-        return JSONResponse(status_code=exc.http_status, content=body)
+    errors.install(app)  # one error shape for ours, validation's and the token check's
 
     @app.get("/api/v1/health", tags=["meta"])
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.include_router(routes_accounts.router, prefix="/api/v1", dependencies=[Depends(check_token)])
+    guarded = [Depends(check_token)]
+    app.include_router(routes_accounts.router, prefix="/api/v1", dependencies=guarded, responses=RESPONSES)
     app.include_router(routes_oauth.router)  # start checks the API token itself; the state guards callback
-    app.include_router(routes_webhooks.router, prefix="/api/v1", dependencies=[Depends(check_token)])
-    app.include_router(routes_crm.router, prefix="/api/v1", dependencies=[Depends(check_token)])
-    app.include_router(routes_outbox.router, prefix="/api/v1", dependencies=[Depends(check_token)])
+    app.include_router(routes_webhooks.router, prefix="/api/v1", dependencies=guarded, responses=RESPONSES)
+    app.include_router(routes_crm.router, prefix="/api/v1", dependencies=guarded, responses=RESPONSES)
+    app.include_router(routes_outbox.router, prefix="/api/v1", dependencies=guarded, responses=RESPONSES)
     app.include_router(routes_push.router)  # Pub/Sub cannot send our token: a secret in the URL instead
     app.include_router(routes_push_dovecot.router)  # nor can Dovecot's OX driver: the same
     return app

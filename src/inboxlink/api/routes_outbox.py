@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from inboxlink.api.deps import RuntimeDep, ViewerDep
 from inboxlink.outbound.outbox import SendRequest
@@ -31,7 +30,9 @@ class MessageBody(BaseModel):
     records: list[RecordRef] = Field(
         default_factory=list, description="link the sent message to these at once"
     )
-    send_at: datetime | None = Field(default=None, description="send later (ISO 8601 with a time zone)")
+    # AwareDatetime: a time without its zone is refused (422) rather than guessed, as `inboxlink send
+    # --send-at` refuses it
+    send_at: AwareDatetime | None = Field(default=None, description="send later (ISO 8601 with a time zone)")
     draft: bool = Field(default=False, description="keep it as a draft; send it later with POST .../send")
 
     def request(self) -> SendRequest:
@@ -50,7 +51,7 @@ class MessageBody(BaseModel):
 
 
 class SendLater(BaseModel):
-    send_at: datetime | None = None
+    send_at: AwareDatetime | None = Field(default=None, description="send at (ISO 8601 with a time zone)")
 
 
 @router.post("/outbox", status_code=201)
