@@ -897,14 +897,6 @@ def test_users_see_their_own_mail_and_teammates_linked_mail_at_the_level_shared(
     assert {e["message_id"] for e in as_bob["entries"]} == set(seen_by_bob())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reply draft leaks the subject of a message its author may not read: Bob, who sees "
-    "Alice's linked mail at the metadata level (subject null), POSTs /api/v1/outbox "
-    '{"account_id": <his>, "reply_to_message": "secret@buyer.example", "draft": true} and the '
-    "answer says subject 'Re: Secret merger plans' (OutboxService._compose_fields only checks that "
-    "the parent is visible at any level, then copies its subject)",
-)
 def test_a_reply_never_reveals_a_subject_hidden_from_its_author(
     guarded: TestClient, dovecot: Dovecot, mail_user: MailUser
 ) -> None:

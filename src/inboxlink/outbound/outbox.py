@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import Connection, or_, select, update
 
 from inboxlink.crm import linking
-from inboxlink.crm.access import Viewer, access_account, access_message
+from inboxlink.crm.access import Level, Viewer, access_account, readable_copy
 from inboxlink.domain import AccountStatus, FolderRole, OutgoingMessage, SentMessage
 from inboxlink.errors import (
     AuthError,
@@ -168,12 +168,17 @@ class OutboxService:
             ).first()
             if parent is None:
                 raise NotFound(f"no stored message has Message-ID <{parent_id}>")
-            access_message(conn, viewer, parent.id)
+            # Read what the reply takes from the copy the viewer may open, at the level granted: a
+            # message shared at the metadata level lends its threading headers, never its subject.
+            shown, level = readable_copy(conn, viewer, parent.id)
+            if shown != parent.id:
+                parent = conn.execute(select(messages).where(messages.c.id == shown)).one()
             in_reply_to = parent_id
             references = list(parent.references or [])
             if parent.account_id == acc.id:
                 thread_hint = parent.thread_id
-            subject = subject or compose.reply_subject(parent.subject)
+            if not subject and level >= Level.SUBJECT:
+                subject = compose.reply_subject(parent.subject)
         targets = []
         for kind, rid in req.records:
             found = conn.execute(select(records.c.type).where(records.c.id == rid)).scalar()
