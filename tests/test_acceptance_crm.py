@@ -671,13 +671,6 @@ def test_a_refused_recipient_fails_the_message_sends_nothing_and_keeps_the_draft
     assert len(server.received) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a temporary refusal of a recipient (SMTP 451 at RCPT, e.g. greylisting) fails the message "
-    "for good: status failed, error recipients_rejected 'refused these recipients: x@client.example "
-    "(451 4.7.1 ...)'; the Outbox state diagram says 'transient before DATA: back to queued (backoff)' "
-    "(outgoing._send collects every RCPT refusal, 4xx or 5xx, into RecipientsRejected)",
-)
 def test_a_temporary_recipient_refusal_is_retried_later(
     team: Team, mail_user: MailUser, smtp: tuple[Mailer, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -37,6 +37,7 @@ class Mailer:
 
     received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     reject: set[str] = field(default_factory=set)
+    defer: set[str] = field(default_factory=set)  # answered 451 at RCPT (greylisting)
     hold_rcpt: threading.Event | None = None  # block in RCPT until set
     hold_data: threading.Event | None = None  # block in DATA until set
     in_rcpt: threading.Event = field(default_factory=threading.Event)
@@ -53,6 +54,8 @@ class Mailer:
                 await asyncio.sleep(0.05)
         if address in self.reject:
             return "550 5.1.1 no such user here"
+        if address in self.defer:
+            return "451 4.7.1 greylisted, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -206,6 +209,29 @@ def test_rejections_keep_the_draft_and_send_nothing(
         "/api/v1/outbox", json={"account_id": account, "to": ["ok@client.example"], "text": "z"}
     )
     assert late.json()["status"] == "sent" and "copy to the Sent folder failed" in late.json()["note"]
+
+
+def test_a_recipient_deferred_at_rcpt_is_retried_and_a_refused_one_is_not(
+    client: TestClient, mail_user: MailUser, mailer: tuple[Mailer, int]
+) -> None:
+    """451 at RCPT (greylisting) for every refused recipient: back to the queue, later, nothing
+    sent; one 550 among them: failed, the user fixes the draft (nothing is sent to some only)."""
+    smtp, port = mailer
+    account = pair(client, mail_user, port)
+    smtp.defer = {"grey@client.example"}
+    r = client.post(
+        "/api/v1/outbox", json={"account_id": account, "to": ["ok@client.example", "grey@client.example"],
+                                "subject": "Hi", "text": "x"},
+    ).json()  # fmt: skip
+    assert r["status"] == "queued" and r["send_at"] is not None, r
+    assert "deferred these recipients" in r["error"]["message"] and smtp.received == []
+    smtp.reject = {"nobody@client.example"}
+    mixed = client.post(
+        "/api/v1/outbox", json={"account_id": account, "subject": "Hi", "text": "x",
+                                "to": ["grey@client.example", "nobody@client.example"]},
+    ).json()  # fmt: skip
+    assert mixed["status"] == "failed" and mixed["error"]["code"] == "recipients_rejected", mixed
+    assert "grey@client.example" in mixed["error"]["message"] and smtp.received == []
 
 
 def test_send_later_is_queued_until_due(

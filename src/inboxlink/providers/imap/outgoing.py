@@ -101,9 +101,13 @@ async def _send(config: ImapConfig, password: str, options: ConnectOptions, mess
                 rejected[rcpt] = f"{exc.code} {exc.message}"
         if rejected:
             # Nothing is sent when any recipient is refused: the user fixes the draft and sends
-            # once, rather than some recipients getting it now and the rest again later.
+            # once, rather than some recipients getting it now and the rest again later. Refusals
+            # that are all temporary (4xx: greylisting, a full mailbox, a busy server) are retried
+            # later as a whole; one permanent refusal (5xx) needs the user.
             await smtp.rset()
             names = ", ".join(f"{k} ({v})" for k, v in rejected.items())
+            if all(v.startswith("4") for v in rejected.values()):
+                raise TransientError(f"{where} deferred these recipients: {names}")
             raise RecipientsRejected(f"{where} refused these recipients: {names}", rejected=rejected)
         if message.on_commit is not None:
             message.on_commit()
