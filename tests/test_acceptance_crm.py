@@ -250,14 +250,6 @@ def test_bulk_import_is_idempotent_by_external_id(team: Team, mail_user: MailUse
     assert "T-1042" in error(c.post("/api/v1/records:import", json={"records": clash}), 409, "conflict")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="POST /api/v1/records:import resolves a host id in company_id/person_id only when the "
-    "record it names came EARLIER in the batch: the same six records with the deals first are "
-    'refused, 422 {"error":{"code":"invalid","message":"person_id: crm-p-2 is not a person"}} '
-    "(architecture: references between imported records may use the host's ids; "
-    "RecordService.import_many: '...that match an external_id of this import')",
-)
 def test_bulk_import_resolves_host_ids_in_any_order(api: TestClient) -> None:
     reordered = list(reversed(HOST_CRM))  # deals, then people, then companies: as a host may export
     imported = ok(api.post("/api/v1/records:import", json={"records": reordered}))

@@ -201,6 +201,11 @@ def _write(conn: Connection, kind: str, record_id: str, data: RecordInput, *, cr
             )
 
 
+# The order an import writes kinds in: each only refers to kinds before it (a person to its
+# company; a deal to its company and its person). Unknown kinds go first, to be refused at once.
+_IMPORT_ORDER = {"company": 1, "person": 2, "deal": 3}
+
+
 class RecordService:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -252,9 +257,11 @@ class RecordService:
 
         People and deals may name their company/person by the host CRM's id too: `company_id` /
         `person_id` values that match an `external_id` of this import (or of an earlier one) are
-        resolved to our ids."""
+        resolved to our ids, wherever they stand in the batch: companies are written first, then
+        people, then deals (what each kind may refer to), each kind in the order given. `ids`
+        answer in the order of `items`."""
         created = updated = 0
-        ids: list[str] = []
+        ids: list[str] = [""] * len(items)
         with self.db.engine.begin() as conn:
             # our ids of the records this import names (its own, and those it refers to), read once;
             # records it creates join as it goes, so a later item can update or refer to them
@@ -277,7 +284,8 @@ class RecordService:
                 if (k, d.external_id or "") in by_external
             ]
             before = linking.affected_by(conn, updating)  # the mail of what the updates take away
-            for kind, data in items:
+            for index in sorted(range(len(items)), key=lambda i: _IMPORT_ORDER.get(items[i][0], 0)):
+                kind, data = items[index]
                 _check_type(kind)
                 if not data.external_id:
                     raise ValidationError("every imported record needs an external_id")
@@ -290,13 +298,13 @@ class RecordService:
                 if existing:
                     _write(conn, kind, existing, data, creating=False)
                     updated += 1
-                    ids.append(existing)
+                    ids[index] = existing
                 else:
                     rid = uuid.uuid4().hex[:16]
                     _write(conn, kind, rid, data, creating=True)
                     conn.execute(update(records).where(records.c.id == rid).values(origin="import"))
                     by_external[(kind, data.external_id)] = rid
                     created += 1
-                    ids.append(rid)
+                    ids[index] = rid
             linking.relink_records(conn, ids, before)
         return {"created": created, "updated": updated, "ids": ids}
