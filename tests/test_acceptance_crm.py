@@ -901,13 +901,6 @@ def test_a_reply_never_reveals_a_subject_hidden_from_its_author(
 
 
 # == webhooks: what a host CRM hears of links ==========================================================
-@pytest.mark.xfail(
-    strict=True,
-    reason="importing the same records a second time (created 0, nothing changes) emits a new "
-    "message.linked event, with a new event id, for every link the import re-decided: the receiver "
-    "gets the 3 links of the first import again (re-linking deletes the automatic links and "
-    "inserts them anew, and linking.insert_links announces every row it re-inserts)",
-)
 def test_importing_unchanged_records_again_announces_no_new_links(
     tmp_path: Path, mail_user: MailUser, hooks: Receiver
 ) -> None:

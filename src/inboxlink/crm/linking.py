@@ -347,6 +347,10 @@ def _may_create(f: MessageFacts, ix: Index, role: str, email: str) -> bool:
 # -- writing ----------------------------------------------------------------------------------------
 
 
+# conn.info key: message id -> records it was linked to before `recompute` dropped its links
+_HELD_KEY = "inboxlink.linking.held"
+
+
 def insert_links(conn: Connection, rows: Iterable[tuple[int, str, str, str]]) -> int:
     """Insert links, keeping any that exist (the first reason found stays); returns how many are
     new. Each new link is a `message.linked` event when a webhook listens for it."""
@@ -359,13 +363,16 @@ def insert_links(conn: Connection, rows: Iterable[tuple[int, str, str, str]]) ->
     stamp: Any = at.replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite else at
     announce = events.is_subscribed(conn, events.MESSAGE_LINKED)
     before = _existing_links(conn, sorted({m for m, _r, _rule, _ev in batch})) if announce else {}
+    held: dict[int, set[str]] = conn.info.get(_HELD_KEY, {})  # what `recompute` dropped to decide again
     result = conn.exec_driver_sql(
         "INSERT INTO links (message_id, record_id, rule, evidence, created_at) "
         f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}) ON CONFLICT (message_id, record_id) DO NOTHING",
         [(m, r, rule, ev, stamp) for m, r, rule, ev in batch],
     )
     if announce:
-        _announce(conn, [x for x in batch if x[1] not in before.get(x[0], {})])
+        _announce(
+            conn, [x for x in batch if x[1] not in before.get(x[0], {}) and x[1] not in held.get(x[0], ())]
+        )
     return max(int(result.rowcount or 0), 0)
 
 
@@ -838,12 +845,27 @@ def recompute(conn: Connection, message_ids: Iterable[int]) -> None:
         wanted |= below
         frontier = _thread_facts(conn, sorted(below))
     ids = sorted(wanted)
+    # The links dropped here and decided again are not news: `insert_links` announces only pairs
+    # (message, record) that none of these messages had before (a re-import of unchanged records
+    # announced every link it re-decided, with new event ids).
+    outer: dict[int, set[str]] | None = conn.info.get(_HELD_KEY)
+    held = {m: set(rs) for m, rs in (outer or {}).items()}
+    if events.is_subscribed(conn, events.MESSAGE_LINKED):
+        for m, rs in _existing_links(conn, ids).items():
+            held.setdefault(m, set()).update(rs)
     for chunk in _chunks(ids):
         conn.execute(delete(links).where(links.c.message_id.in_(chunk), links.c.rule.not_in(USER_RULES)))
         conn.execute(
             delete(review_items).where(review_items.c.message_id.in_(chunk), review_items.c.status == "open")
         )
-    link_messages(conn, load_facts(conn, ids), create=False)
+    conn.info[_HELD_KEY] = held
+    try:
+        link_messages(conn, load_facts(conn, ids), create=False)
+    finally:
+        if outer is None:
+            conn.info.pop(_HELD_KEY, None)
+        else:
+            conn.info[_HELD_KEY] = outer
 
 
 def affected_by(conn: Connection, record_ids: Sequence[str]) -> set[int]:
