@@ -469,30 +469,7 @@ def test_serve_watchers_bring_new_mail_flags_and_expunges_within_the_push_delay(
 RACE_MESSAGES = 40  # of ~1 MB: a first sync of a few tenths of a second to land in
 
 
-@pytest.mark.parametrize(
-    "action",
-    [
-        pytest.param(
-            "unpair",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="DELETE /api/v1/accounts/{id} while serve syncs it answers 'disconnected' but the "
-                "sync in flight goes on: it stores the rest of the mailbox after the unpair (message_count "
-                "0 -> 40) and serve logs 'ERROR inboxlink.sync.scheduler: sync of account … failed' with "
-                "an IllegalTransition traceback (disconnected -> connected is not allowed)",
-            ),
-        ),
-        pytest.param(
-            "repair",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="POST /api/v1/accounts/{id}/repair while serve syncs it: the sync in flight ends "
-                "with 'ERROR inboxlink.sync.scheduler: sync of account … failed' and an IllegalTransition "
-                "traceback (pending -> connected is not allowed) in serve's log",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("action", ["unpair", "repair"])
 def test_unpairing_or_repairing_during_a_background_sync_is_orderly(
     tmp_path: Path, mail_user: MailUser, action: str
 ) -> None:

@@ -96,6 +96,12 @@ class AccountBusy(InboxlinkError):
     http_status = 409
 
 
+class _Superseded(Exception):
+    """The account left `syncing` under a running sync: unpaired (disconnected) or paired again
+    (pending) by its user. The run stops at its next commit, which is undone, and records nothing
+    of its own; a re-paired account is synced again, with its new credentials, by the next run."""
+
+
 @dataclass
 class _Run:
     account_id: str
@@ -170,11 +176,16 @@ class SyncEngine:
             )
 
     def _renew(self, conn: Connection, account_id: str) -> None:
-        conn.execute(
+        """Extend the lease, in each transaction that commits a run's work; raise `_Superseded`
+        (undoing the transaction) when the account is no longer syncing."""
+        status = conn.execute(
             update(accounts)
             .where(accounts.c.id == account_id)
             .values(lease_until=now() + timedelta(seconds=LEASE_SECONDS))
-        )
+            .returning(accounts.c.status)
+        ).scalar()
+        if status != AccountStatus.SYNCING.value:
+            raise _Superseded(f"account {account_id} is now {status}")
 
     # -- public ----------------------------------------------------------------------------------
     def sync(
@@ -224,7 +235,8 @@ class SyncEngine:
                     next_attempt_at=now() + timedelta(seconds=backoff_seconds(failures, exc=exc)),
                 )
             )
-            if final and row.status != AccountStatus.CONNECT_ERROR:
+            # (not when its user unpaired it or paired it again meanwhile: their state stands)
+            if final and row.status == AccountStatus.SYNCING:
                 transition(conn, account_id, AccountStatus.CONNECT_ERROR, reason)
 
     def _sync_once(
@@ -257,25 +269,32 @@ class SyncEngine:
                 progress,
             )
             try:
-                self._run(run)
-            except AuthError as exc:
+                try:
+                    self._run(run)
+                except AuthError as exc:
+                    with self.db.engine.begin() as conn:
+                        self._renew(conn, account_id)
+                        transition(conn, account_id, AccountStatus.AUTH_ERROR, exc.message)
+                        conn.execute(
+                            update(accounts).where(accounts.c.id == account_id).values(last_error=exc.message)
+                        )
+                    return
+                except UnsupportedServer as exc:
+                    with self.db.engine.begin() as conn:
+                        self._renew(conn, account_id)
+                        transition(conn, account_id, AccountStatus.UNSUPPORTED, exc.message)
+                    return
                 with self.db.engine.begin() as conn:
-                    transition(conn, account_id, AccountStatus.AUTH_ERROR, exc.message)
+                    self._renew(conn, account_id)
+                    transition(conn, account_id, AccountStatus.CONNECTED, CONNECTED_REASON)
                     conn.execute(
-                        update(accounts).where(accounts.c.id == account_id).values(last_error=exc.message)
+                        update(accounts)
+                        .where(accounts.c.id == account_id)
+                        .values(last_sync_at=now(), failures=0, last_error=None, next_attempt_at=None)
                     )
+            except _Superseded as exc:
+                log.info("sync stopped: %s (its user changed it meanwhile)", exc)
                 return
-            except UnsupportedServer as exc:
-                with self.db.engine.begin() as conn:
-                    transition(conn, account_id, AccountStatus.UNSUPPORTED, exc.message)
-                return
-            with self.db.engine.begin() as conn:
-                transition(conn, account_id, AccountStatus.CONNECTED, CONNECTED_REASON)
-                conn.execute(
-                    update(accounts)
-                    .where(accounts.c.id == account_id)
-                    .values(last_sync_at=now(), failures=0, last_error=None, next_attempt_at=None)
-                )
             if self.after_sync is not None:
                 self.after_sync(account_id, provider)
         finally:
