@@ -248,6 +248,33 @@ def test_a_dropped_connection_is_closed_not_leaked(dovecot: Dovecot, mail_user: 
     gc.collect()
 
 
+@pytest.mark.parametrize(
+    ("security", "port", "hint"),
+    [
+        ("tls", "port", "for a plaintext or STARTTLS port (usually 143) use security starttls"),
+        ("none", "imaps_port", "no IMAP greeting came: for a TLS port (usually 993) use security tls"),
+        ("starttls", "imaps_port", "no IMAP greeting came: for a TLS port (usually 993) use security tls"),
+    ],
+)
+def test_the_wrong_security_for_the_port_says_what_to_try(
+    mail_user: MailUser, security: str, port: str, hint: str
+) -> None:
+    """TLS spoken to a plaintext port, or plaintext (and STARTTLS) to a TLS port: the error names
+    the likely mistake rather than only OpenSSL's 'wrong version number' or a bare time-out."""
+    from inboxlink.providers.imap.provider import ConnectOptions, ImapProvider
+
+    provider = ImapProvider(
+        ImapConfig(email=mail_user.email, imap_host=mail_user.host, imap_port=getattr(mail_user, port),
+                   username=mail_user.email, security=security),
+        mail_user.password,
+        ConnectOptions(allow_private_hosts=True, timeout=1),
+    )  # fmt: skip
+    with pytest.raises(TransientError) as caught:
+        provider.verify()
+    assert hint in caught.value.message
+    provider.close()
+
+
 def test_a_reused_message_id_keeps_both_messages(rt: Runtime, dovecot: Dovecot, mail_user: MailUser) -> None:
     """Two different messages with one Message-ID (broken mailers, spam) are two messages, each
     with its own body; a copy of one (same bytes) stays one message in two folders; moving them

@@ -141,7 +141,8 @@ class ImapProvider:
                 f"the TLS certificate of {self._where()} is not trusted: {exc.verify_message}"
             ) from exc
         except (OSError, imaplib.IMAP4.error) as exc:
-            raise TransientError(f"cannot connect to IMAP server {self._where()}: {_why(exc)}") from exc
+            hint = _security_hint(exc, cfg.security)
+            raise TransientError(f"cannot connect to IMAP server {self._where()}: {_why(exc)}{hint}") from exc
         # imapclient runs imaplib at debug level 5 so its logger sees the protocol; imaplib then
         # builds a repr() of every literal (each message body) on the way in, whether or not the
         # logger is enabled: 2.2 s of a 10,000-message fetch that takes 0.46 s without. Level 0.
@@ -651,6 +652,20 @@ def _by_folder(refs: Sequence[MessageRef]) -> list[tuple[str, list[MessageRef]]]
 def _chunks(items: list[int], n: int) -> Iterator[list[int]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
+
+
+def _security_hint(exc: BaseException, security: str) -> str:
+    """What to try when the failure looks like the wrong security for the port: a TLS port read as
+    plaintext gives no greeting (the server waits for a TLS hello), a plaintext port answers a TLS
+    hello with text (OpenSSL: wrong version number)."""
+    if security == "tls" and isinstance(exc, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(exc):
+        return (
+            "; the server did not answer in TLS: for a plaintext or STARTTLS port (usually 143) "
+            "use security starttls"
+        )
+    if security != "tls" and isinstance(exc, TimeoutError):
+        return "; no IMAP greeting came: for a TLS port (usually 993) use security tls"
+    return ""
 
 
 def _why(exc: BaseException) -> str:
