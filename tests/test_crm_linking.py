@@ -416,6 +416,15 @@ def test_visibility_between_users_and_one_entry_per_message(
     own = get(f"/api/v1/accounts/{a_acc}/messages", alice["token"]).json()["messages"]
     assert {m["message_id"] for m in own} == {shared_id, alice_only_id, private_id}
     assert get("/api/v1/users", bob["token"]).status_code == 403
+    # the blocklist purges links team-wide: like the linking settings, the operator's to change
+    as_bob = {"Authorization": f"Bearer {bob['token']}"}
+    for refused in (
+        team.c.post("/api/v1/blocklist", json={"value": "buyer.example"}, headers=as_bob),
+        team.c.delete("/api/v1/blocklist/buyer.example", headers=as_bob),
+        team.c.patch("/api/v1/settings/linking", json={"exclude_internal": False}, headers=as_bob),
+    ):
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden", refused.text
+    assert get("/api/v1/blocklist", bob["token"]).json() == []
     takeover = team.c.post(
         "/api/v1/accounts",
         json={"email": alice_box.email, "username": alice_box.email, "password": alice_box.password,

@@ -313,9 +313,11 @@ def get_blocklist(rt: RuntimeDep) -> list[str]:
 
 
 @router.post("/blocklist", status_code=201)
-def add_block(body: BlockBody, rt: RuntimeDep) -> dict[str, Any]:
+def add_block(body: BlockBody, rt: RuntimeDep, viewer: ViewerDep) -> dict[str, Any]:
     """Block an address or domain: its mail links nowhere from now on, and the links of mail
-    already imported are removed."""
+    already imported are removed, people's choices included, across the team: like the linking
+    settings, the operator's to change."""
+    _system_only(viewer, "changing the blocklist")
     value = crm_settings.normalize_block(body.value)
     with rt.db.engine.begin() as conn:
         conn.execute(delete(blocklist).where(blocklist.c.value == value))
@@ -325,7 +327,8 @@ def add_block(body: BlockBody, rt: RuntimeDep) -> dict[str, Any]:
 
 
 @router.delete("/blocklist/{value}", status_code=204)
-def remove_block(value: str, rt: RuntimeDep) -> None:
+def remove_block(value: str, rt: RuntimeDep, viewer: ViewerDep) -> None:
+    _system_only(viewer, "changing the blocklist")
     v = crm_settings.normalize_block(value)
     with rt.db.engine.begin() as conn:
         if not conn.execute(delete(blocklist).where(blocklist.c.value == v)).rowcount:
