@@ -13,6 +13,9 @@ from inboxlink.outbound.outbox import SendRequest
 router = APIRouter(tags=["outbox"])
 
 
+_BARE = "bare addresses (name@example.com), without display names"
+
+
 class RecordRef(BaseModel):
     type: Literal["person", "company", "deal"]
     id: str
@@ -20,9 +23,9 @@ class RecordRef(BaseModel):
 
 class MessageBody(BaseModel):
     account_id: str
-    to: list[str] = Field(default_factory=list, max_length=500)
-    cc: list[str] = Field(default_factory=list, max_length=500)
-    bcc: list[str] = Field(default_factory=list, max_length=500)
+    to: list[str] = Field(default_factory=list, max_length=500, description=_BARE)
+    cc: list[str] = Field(default_factory=list, max_length=500, description=_BARE)
+    bcc: list[str] = Field(default_factory=list, max_length=500, description=_BARE)
     subject: str = Field(default="", max_length=998)
     text: str | None = None
     html: str | None = None

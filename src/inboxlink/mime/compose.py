@@ -47,6 +47,8 @@ def _address(value: str) -> HeaderAddress:
 
 def normalize(value: str) -> str:
     """An address as the envelope and headers will carry it; ValidationError when it is not one."""
+    if "<" in value and value.rstrip().endswith(">"):
+        raise ValidationError(f"{value!r}: give the bare address (name@example.com), no display name")
     addr = _address(value).addr_spec
     local, _, domain = addr.rpartition("@")
     if not local or "." not in domain or " " in addr:
