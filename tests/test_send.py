@@ -203,6 +203,11 @@ def test_rejections_keep_the_draft_and_send_nothing(
     assert len(smtp.received) == 1
     bad = client.post("/api/v1/outbox", json={"account_id": account, "to": ["not an address"], "text": "z"})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid"
+    broken = client.post(
+        "/api/v1/outbox",
+        json={"account_id": account, "to": ["ok@client.example"], "subject": "Hi\r\nBcc: x@y.z"},
+    )
+    assert broken.status_code == 422 and "line breaks" in broken.json()["error"]["message"]
     named = client.post("/api/v1/outbox", json={"account_id": account, "to": ["Dana <dana@client.example>"]})
     assert named.status_code == 422 and "give the bare address" in named.json()["error"]["message"]
     dovecot.set_password(mail_user.email, "changed-now")

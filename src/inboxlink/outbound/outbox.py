@@ -158,6 +158,9 @@ class OutboxService:
         if not req.draft and req.text is None and req.html is None:
             raise ValidationError("a message needs a text or an HTML body (--text or --html)")
         subject = req.subject
+        if subject and ("\r" in subject or "\n" in subject):
+            # a header value: a line break would end it (the email library refuses it when sending)
+            raise ValidationError("the subject cannot contain line breaks")
         in_reply_to = references = thread_hint = None
         if req.reply_to_message:
             parent_id = req.reply_to_message.strip().strip("<>")
@@ -320,9 +323,13 @@ class OutboxService:
             in_reply_to=c.get("in_reply_to"),
             references=c.get("references", []),
         )
-        provider: MailProvider | None = None
         try:
             mime = compose.compose(draft, row.message_id, now())
+        except (ValueError, TypeError) as exc:  # the email library refuses the draft: nothing left
+            self._fail(row, ValidationError(f"the message cannot be written: {exc}"))
+            return
+        provider: MailProvider | None = None
+        try:
             message = OutgoingMessage(
                 mime=mime,
                 sender=draft.sender,
