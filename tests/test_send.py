@@ -205,7 +205,7 @@ def test_rejections_keep_the_draft_and_send_nothing(
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid"
     broken = client.post(
         "/api/v1/outbox",
-        json={"account_id": account, "to": ["ok@client.example"], "subject": "Hi\r\nBcc: x@y.z"},
+        json={"account_id": account, "to": ["ok@client.example"], "subject": "Hi\r\nBcc: x@y.z", "text": "x"},
     )
     assert broken.status_code == 422 and "line breaks" in broken.json()["error"]["message"]
     named = client.post("/api/v1/outbox", json={"account_id": account, "to": ["Dana <dana@client.example>"]})
