@@ -568,6 +568,20 @@ def test_message_html_is_sanitized_and_downloads_are_inert(tmp_path: Path, mail_
             assert "x-injected" not in d.headers, d.headers
             for value in d.headers.values():
                 assert "\r" not in value and "\n" not in value, d.headers
+            # the sender's name, without its path and its control characters
+            assert (
+                "/" not in d.headers["content-disposition"] and "%2F" not in d.headers["content-disposition"]
+            )
+            assert (
+                "%0D" not in d.headers["content-disposition"]
+                and "%0A" not in d.headers["content-disposition"]
+            )
+        assert (
+            'filename="x.html"'
+            in c.get(f"/api/v1/messages/{msg['id']}/attachments/0").headers["content-disposition"]
+            or 'filename="x.html"'
+            in c.get(f"/api/v1/messages/{msg['id']}/attachments/1").headers["content-disposition"]
+        )
         r = c.get(f"/api/v1/messages/{msg['id']}/raw")
         assert r.status_code == 200 and r.headers["content-type"].startswith("message/rfc822")
         assert r.headers["content-disposition"].startswith("attachment;")

@@ -180,6 +180,10 @@ _DOWNLOAD_HEADERS = {
 
 
 def _attachment_disposition(filename: str) -> str:
+    # The sender chose the name: keep its last path part ("../../x.html" -> "x.html") and no control
+    # characters, so that no client saving it can be led out of its folder or into a header.
+    filename = "".join(c for c in filename.replace("\\", "/").rsplit("/", 1)[-1] if c.isprintable()).strip()
+    filename = filename.lstrip(".") or "attachment"
     ascii_name = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename)
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
