@@ -147,7 +147,8 @@ def test_every_event_type_arrives_once_signed_with_its_documented_body(
             "the background sync",
         )
         item = ok(c.post("/api/v1/outbox", json={
-            "account_id": account, "to": ["Dana@client.example"], "subject": "Offer", "text": "Hi",
+            "account_id": account, "to": ["Dana@client.example"], "cc": ["ops@client.example"],
+            "bcc": ["audit@client.example"], "subject": "Offer", "text": "Hi",
             "records": [{"type": "deal", "id": deal["id"]}],
         }), 201)  # fmt: skip
         assert item["status"] == "sent", item
@@ -158,6 +159,13 @@ def test_every_event_type_arrives_once_signed_with_its_documented_body(
         wait_until(lambda: types()["message.sent"] >= 1 and types()["message.linked"] >= 3, "the events")
         again = ok(c.post(f"/api/v1/accounts/{account}/sync"))
         assert again["status"] == "connected" and again["fetched"] == 0
+        assert item["message_id"] in server_state(mail_user)["Sent"]
+        [entry] = ok(c.get(f"/api/v1/records/deal/{deal['id']}/timeline"))["entries"]  # one, after the sync
+        assert (entry["message_id"], entry["rule"], entry["evidence"]) == (
+            item["message_id"],
+            "sent",
+            "sent from deal Renewal",
+        )
         time.sleep(2.5)  # the loop's tick: anything late or repeated would arrive by now
         got = [check_request(r, hooks.secret) for r in list(hooks.received)]
         assert all(r.verified for r in hooks.received)
@@ -206,7 +214,11 @@ def test_every_event_type_arrives_once_signed_with_its_documented_body(
             "outbox_id": item["id"],
             "account_id": account,
             "message_id": item["message_id"],
-            "recipients": {"to": [{"email": "Dana@client.example", "name": None}], "cc": [], "bcc": []},
+            "recipients": {
+                "to": [{"email": "Dana@client.example", "name": None}],
+                "cc": [{"email": "ops@client.example", "name": None}],
+                "bcc": [{"email": "audit@client.example", "name": None}],
+            },
         }
         assert len(server.received) == 1
 
@@ -591,6 +603,11 @@ def test_send_later_goes_out_through_serve_at_its_time_and_not_before(
         to_y = {"account_id": account, "to": ["y@client.example"], "text": "draft later", "draft": True}
         draft = ok(c.post("/api/v1/outbox", json=to_y), 201)
         queued = ok(c.post(f"/api/v1/outbox/{draft['id']}/send", json={"send_at": due.isoformat()}))
+        dropped = ok(
+            c.post("/api/v1/outbox", json={**to_x, "to": ["z@client.example"], "send_at": due.isoformat()}),
+            201,
+        )
+        assert c.delete(f"/api/v1/outbox/{dropped['id']}").status_code == 204  # a queued one may be discarded
         assert queued["status"] == "queued" and at_of(queued["send_at"]) == due
         while datetime.now(UTC) < due - timedelta(seconds=0.3):
             assert server.received == [], "sent before its time"
@@ -602,6 +619,7 @@ def test_send_later_goes_out_through_serve_at_its_time_and_not_before(
             )
 
         wait_until(both_sent, "both sent at their time", timeout=8)
+        time.sleep(0.5)  # the discarded one's task fired with the others: nothing may follow
         for i in (later["id"], draft["id"]):
             sent_at = at_of(ok(c.get(f"/api/v1/outbox/{i}"))["sent_at"])
             assert due <= sent_at < due + timedelta(seconds=4), (i, sent_at)
