@@ -235,13 +235,6 @@ def test_every_event_type_arrives_once_signed_with_its_documented_body(
         assert test_event["data"]["endpoint_id"] == endpoint
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a message sent through the outbox is stored (it is listed under the account, its Sent "
-    "copy is 'already known' to the next sync) but no message.created event is ever emitted for it: "
-    "only sync/engine.py emits message.created, so a CRM mirroring messages from message.created "
-    "misses all its own outgoing mail (events.py: message.created = 'a message stored for the first time')",
-)
 def test_a_sent_message_is_announced_as_created(
     api: TestClient, mail_user: MailUser, smtp: tuple[Mailer, int], hooks: Receiver
 ) -> None:
@@ -629,14 +622,6 @@ def test_send_later_goes_out_through_serve_at_its_time_and_not_before(
         ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on SQLite a send_at with a non-UTC offset loses its offset: POST /api/v1/outbox (and POST "
-    "/outbox/{id}/send) with send_at 2099-01-01T09:00:00+09:00 answers and stores "
-    "2099-01-01T09:00:00+00:00 (the wall time taken as UTC; -05:00 likewise), so the message goes out "
-    "9 h late (or 5 h early west of UTC); outbox.py passes the aware datetime to a DateTime(timezone=True) "
-    "column, which SQLite stores without converting to UTC",
-)
 def test_a_send_later_time_with_an_offset_keeps_its_instant(api: TestClient, mail_user: MailUser) -> None:
     c = api
     account = ok(c.post("/api/v1/accounts", json=_imap_only(mail_user)), 201)["id"]

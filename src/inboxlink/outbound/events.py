@@ -21,7 +21,7 @@ ISO 8601 in UTC; ids are strings except message ids, which are integers):
     ``{"account_id", "email", "from", "to", "reason", "at"}`` — from/to are account statuses
     (pending, syncing, connected, auth_error, connect_error, unsupported, disconnected); ``from``
     is null for a newly paired account.
-``message.created`` (a message stored for the first time)
+``message.created`` (a message stored for the first time: synced, or sent through the outbox)
     ``{"account_id", "id", "message_id", "subject", "from": {"email", "name"}, "date"}`` — ``id`` is
     inboxlink's message id, ``message_id`` the RFC 5322 Message-ID without angle brackets.
 ``message.linked`` (a message linked to a CRM record)
@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import Enum
@@ -67,6 +67,29 @@ _PENDING_KEY = "inboxlink.events_pending"
 
 def new_event_id() -> str:
     return "evt_" + uuid.uuid4().hex
+
+
+def message_created(account_id: str, message_row: int, prepared: Sequence[Any]) -> dict[str, Any]:
+    """The `message.created` payload of a message just stored, from its prepared row
+    (`sync.prepare.Prepared`: message-id, subject, from email and name, date as stored). Synced and
+    sent mail alike."""
+    return {
+        "account_id": account_id,
+        "id": message_row,
+        "message_id": prepared[1],
+        "subject": prepared[2],
+        "from": {"email": prepared[3], "name": prepared[4]},
+        "date": _stored_iso(prepared[5]),
+    }
+
+
+def _stored_iso(value: Any) -> str | None:
+    """A stored datetime (SQLite text in UTC, or an aware datetime) as ISO 8601."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.replace(" ", "T") + "+00:00"
+    return str(value.isoformat())
 
 
 def emit(conn: Connection, type: str, data: Mapping[str, Any]) -> str | None:

@@ -82,7 +82,7 @@ class SendRequest:
 def _aware(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def view(row: Any) -> dict[str, Any]:
@@ -429,6 +429,8 @@ class OutboxService:
         known = mailstore.messages_by_provider_id(conn, row.account_id, [pid])
         ids = mailstore.write_messages(conn, row.account_id, [item], known, at)
         mid = ids[pid]
+        if pid not in known:  # stored here first: a sync will find it known and say nothing
+            events.emit(conn, events.MESSAGE_CREATED, events.message_created(row.account_id, mid, prepared))
         if sent.folder and sent.remote_key:
             folder_id: Any = conn.execute(
                 select(folders.c.id).where(

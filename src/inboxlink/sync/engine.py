@@ -571,7 +571,11 @@ class SyncEngine:
             events.emit_many(
                 conn,
                 events.MESSAGE_CREATED,
-                (_created(run.account_id, ids[m.provider_id], m) for m in new if m.provider_id not in known),
+                (
+                    events.message_created(run.account_id, ids[m.provider_id], m.row)
+                    for m in new
+                    if m.provider_id not in known
+                ),
             )
             if checkpoint is not None and folder_id is not None:
                 mailstore.save_cursor(conn, folder_id, checkpoint, at)
@@ -678,24 +682,3 @@ def _facts(account_id: str, message_row: int, m: mailstore.NewMessage) -> linkin
         thread_id=m.thread_id,
         headers_json=r[12],
     )
-
-
-def _created(account_id: str, message_row: int, m: mailstore.NewMessage) -> dict[str, Any]:
-    r = m.row  # layout: sync.prepare.Prepared; r[5] is the date as the database stores it
-    return {
-        "account_id": account_id,
-        "id": message_row,
-        "message_id": r[1],
-        "subject": r[2],
-        "from": {"email": r[3], "name": r[4]},
-        "date": _iso_utc(r[5]),
-    }
-
-
-def _iso_utc(value: Any) -> str | None:
-    """A stored datetime (SQLite text in UTC, or an aware datetime) as ISO 8601."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value.replace(" ", "T") + "+00:00"
-    return str(value.isoformat())
