@@ -612,7 +612,11 @@ class Deliverer:
 
     # -- attempt
     def _attempt(self, c: _Claimed, at: datetime, report: DeliveryReport) -> None:
+        started = _now()
         outcome = self._send(c)
+        # the schedule's clock when the attempt ended: attempt n+1 comes a backoff after attempt n
+        # failed, not after it began (a 10 s time-out would eat a third of a 30 s backoff)
+        ended = at + (_now() - started)
         d = webhook_deliveries
         values: dict[str, Any] = {
             "last_attempt_at": _now(),
@@ -630,7 +634,7 @@ class Deliverer:
             values.update(status=FAILED, next_attempt_at=None)
             result = "failed"
         else:
-            values.update(next_attempt_at=at + timedelta(seconds=backoff_seconds(c.attempts)))
+            values.update(next_attempt_at=ended + timedelta(seconds=backoff_seconds(c.attempts)))
             result = "retrying"
         with self.db.engine.begin() as conn:
             conn.execute(update(d).where(d.c.id == c.id, d.c.lease_owner == self.owner).values(values))
