@@ -174,10 +174,13 @@ def test_two_syncs_at_once_one_syncs_and_nothing_is_stored_twice(
 
 
 # -- 3. serve killed mid first sync -------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize(
+    ("backend", "resume"), [("sqlite", "serve"), ("postgres", "serve"), ("sqlite", "cli")]
+)
 def test_serve_killed_mid_first_sync_converges_after_restart_without_downloading_again(
-    tmp_path: Path, mail_user: MailUser, request: pytest.FixtureRequest, backend: str
+    tmp_path: Path, mail_user: MailUser, request: pytest.FixtureRequest, backend: str, resume: str
 ) -> None:
+    """Resumed by a restarted serve, or by `inboxlink sync --once` (the same lease rule)."""
     fill(mail_user, small=50, big=40)  # the first sync's first chunk is 50 messages (architecture)
     copies = server_truth(mail_user)[0]
     size_of = {c.message_id: c.size for c in copies}
@@ -201,6 +204,13 @@ def test_serve_killed_mid_first_sync_converges_after_restart_without_downloading
     assert status == "syncing" and lease, (status, lease)
     written_before = blob_bytes(home)
     missing = sum(size for mid, size in size_of.items() if mid not in kept)
+    if resume == "cli":
+        report = sync(env_for(home, **settings), account)  # not "busy": the holder is dead
+        assert report["messages"] == report["placements"] == 90, report
+        assert report["fetched_bytes"] <= missing, (report, missing)
+        assert rows(home, url, lease_of)[0] == ("connected", None), "the lease is given back"
+        assert sorted(m["message_id"] for m in stored(env_for(home, **settings), account)) == sorted(size_of)
+        return
     with serve(tmp_path, **settings) as second:  # same name: same home
         _shown, took = second.wait_account(
             account,
