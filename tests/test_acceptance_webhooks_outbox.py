@@ -23,7 +23,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from fastapi.testclient import TestClient
 
 from inboxlink.config import Settings
@@ -42,7 +41,7 @@ from tests.test_acceptance_crm import (  # noqa: F401 (api, smtp, hooks: fixture
     received,
     smtp,
 )
-from tests.test_send import Mailer, mailer  # noqa: F401 (mailer: a fixture)
+from tests.test_send import Mailer, mailer, smtp_requiring_login  # noqa: F401 (mailer: a fixture)
 from tests.test_webhooks import Received, Receiver, receiver  # noqa: F401 (receiver: a fixture)
 
 TYPES = ["account.status_changed", "message.created", "message.linked", "message.sent"]
@@ -540,25 +539,8 @@ def test_a_message_too_large_for_the_servers_size_fails_and_keeps_the_draft(
 def test_an_smtp_auth_failure_fails_the_message_and_moves_the_account_to_auth_error(
     api: TestClient, mail_user: MailUser, hooks: Receiver
 ) -> None:
-    import socket
-
-    from aiosmtpd.smtp import AuthResult, LoginPassword
-
-    accepted = {"password": mail_user.password}
-
-    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
-        good = isinstance(data, LoginPassword) and data.password.decode() == accepted["password"]
-        return AuthResult(success=good, handled=False)
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    handler = Mailer()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, authenticator=authenticator,
-                            auth_required=True, auth_require_tls=False)  # fmt: skip
-    controller.start()
     c = api
-    try:
+    with smtp_requiring_login(mail_user.password) as (handler, port, accepted):
         account = pair_sending(c, mail_user, port)
         ok(c.post(f"/api/v1/accounts/{account}/sync"))
         subscribe(c, hooks, ["account.status_changed"])
@@ -575,8 +557,6 @@ def test_an_smtp_auth_failure_fails_the_message_and_moves_the_account_to_auth_er
         [event] = [check_request(r, hooks.secret) for r in hooks.received]
         assert (event["data"]["from"], event["data"]["to"]) == ("connected", "auth_error"), event
         assert ok(c.get(f"/api/v1/outbox/{item['id']}"))["to"] == ["a@client.example"]
-    finally:
-        controller.stop()
 
 
 def test_send_later_goes_out_through_serve_at_its_time_and_not_before(

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
@@ -69,6 +70,33 @@ class Mailer:
         content = envelope.original_content or b""
         self.received.append((str(envelope.mail_from), list(envelope.rcpt_tos), content))
         return "250 OK queued"
+
+
+@contextmanager
+def smtp_requiring_login(password: str) -> Iterator[tuple[Mailer, int, dict[str, str]]]:
+    """An aiosmtpd server that requires AUTH and accepts `password`; change `accepted["password"]`
+    to make it refuse the account's (a password changed on the server)."""
+    import socket
+
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    accepted = {"password": password}
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and data.password.decode() == accepted["password"]
+        return AuthResult(success=ok, handled=False)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    handler = Mailer()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, authenticator=authenticator,
+                            auth_required=True, auth_require_tls=False)  # fmt: skip
+    controller.start()
+    try:
+        yield handler, port, accepted
+    finally:
+        controller.stop()
 
 
 @pytest.fixture
@@ -418,24 +446,7 @@ def test_message_events_reach_webhooks(
 def test_smtp_auth_failure_fails_the_message_and_the_account(
     client: TestClient, dovecot: Dovecot, mail_user: MailUser
 ) -> None:
-    import socket
-
-    from aiosmtpd.smtp import AuthResult, LoginPassword
-
-    accepted = {"password": mail_user.password}
-
-    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
-        ok = isinstance(data, LoginPassword) and data.password.decode() == accepted["password"]
-        return AuthResult(success=ok, handled=False)
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    handler = Mailer()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, authenticator=authenticator,
-                            auth_required=True, auth_require_tls=False)  # fmt: skip
-    controller.start()
-    try:
+    with smtp_requiring_login(mail_user.password) as (handler, port, accepted):
         account = pair(client, mail_user, port)  # pairing logged in to SMTP with the password
         accepted["password"] = "changed-on-the-server"
         r = client.post(
@@ -447,5 +458,3 @@ def test_smtp_auth_failure_fails_the_message_and_the_account(
         assert mail_user.password not in r.text and handler.received == []
         assert client.get(f"/api/v1/accounts/{account}").json()["status"] == "auth_error"
         assert client.get(f"/api/v1/outbox/{item['id']}").json()["to"] == ["a@client.example"]  # draft kept
-    finally:
-        controller.stop()
