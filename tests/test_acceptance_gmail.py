@@ -24,10 +24,10 @@ import httpx
 import pytest
 
 from inboxlink.config import Settings
-from inboxlink_sim.google import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, GoogleSim
+from inboxlink_sim.google import DEFAULT_CLIENT_ID, GoogleSim
 from tests.gmail_support import running_sim
 from tests.support import make_message, serving
-from tests.test_gmail_push import TOPIC, eventually
+from tests.test_gmail_push import TOPIC, eventually, push_settings
 from tests.test_google_pairing import consent
 
 AUTH = "https://www.googleapis.com/auth/"
@@ -159,16 +159,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     with running_sim() as sim:
 
         def settings_for(url: str) -> Settings:
-            return Settings(
-                home=home,
-                public_url=url,
-                google_client_id=DEFAULT_CLIENT_ID,
-                google_client_secret=DEFAULT_CLIENT_SECRET,
-                google_discovery_url=f"{sim.base_url}/.well-known/openid-configuration",
-                google_api_base=sim.base_url,
-                google_pubsub_topic=TOPIC,
-                sync_interval_seconds=1e9,
-            )
+            return push_settings(sim, home, url)
 
         with serving(settings_for) as (url, _rt, _app):
             endpoint = httpx.get(f"{url}/push/google", timeout=10).json()

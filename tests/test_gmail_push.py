@@ -15,6 +15,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +32,23 @@ from tests.support import make_message, serving
 from tests.test_google_pairing import consent
 
 TOPIC = "projects/inboxlink-test/topics/gmail"
+
+
+def push_settings(sim: GoogleSim, home: Path, url: str) -> Settings:
+    """serve against the simulator with Pub/Sub push on and polling off: only pairing, pushes
+    and explicit syncs start a sync."""
+    return Settings(
+        home=home,
+        public_url=url,
+        google_client_id=DEFAULT_CLIENT_ID,
+        google_client_secret=DEFAULT_CLIENT_SECRET,
+        google_discovery_url=f"{sim.base_url}/.well-known/openid-configuration",
+        google_api_base=sim.base_url,
+        google_pubsub_topic=TOPIC,
+        sync_interval_seconds=1e9,
+    )
+
+
 USER = "pat@gmail.test"
 
 
@@ -75,16 +93,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         sim.add_user(USER, messages=6, seed=21)
 
         def settings_for(url: str) -> Settings:
-            return Settings(
-                home=home,
-                public_url=url,
-                google_client_id=DEFAULT_CLIENT_ID,
-                google_client_secret=DEFAULT_CLIENT_SECRET,
-                google_discovery_url=f"{sim.base_url}/.well-known/openid-configuration",
-                google_api_base=sim.base_url,
-                google_pubsub_topic=TOPIC,
-                sync_interval_seconds=1e9,  # never polled: only pairing and pushes start a sync
-            )
+            return push_settings(sim, home, url)  # never polled: only pairing and pushes start a sync
 
         with serving(settings_for) as (url, rt, _app):
             # the operator reads the endpoint from the API and gives it to the push subscription

@@ -30,10 +30,10 @@ from inboxlink.store.schema import accounts, messages
 from inboxlink.sync import push as push_module
 from inboxlink.sync.scheduler import PUSHED_POLL_SECONDS, Scheduler, any_of
 from inboxlink.sync.state import now
-from inboxlink_sim.google import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, GoogleSim
+from inboxlink_sim.google import GoogleSim
 from tests.gmail_support import running_sim
 from tests.support import make_message, polled, serving, sync_idle
-from tests.test_gmail_push import TOPIC, eventually
+from tests.test_gmail_push import TOPIC, eventually, push_settings
 from tests.test_google_pairing import consent
 
 SOON = timedelta(minutes=5)  # since the last sync: past the one-minute interval, within the safety net
@@ -90,16 +90,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     with running_sim() as sim:
 
         def settings_for(url: str) -> Settings:
-            return Settings(
-                home=home,
-                public_url=url,
-                google_client_id=DEFAULT_CLIENT_ID,
-                google_client_secret=DEFAULT_CLIENT_SECRET,
-                google_discovery_url=f"{sim.base_url}/.well-known/openid-configuration",
-                google_api_base=sim.base_url,
-                google_pubsub_topic=TOPIC,
-                sync_interval_seconds=1e9,  # serve's own scheduler syncs only what is poked
-            )
+            return push_settings(sim, home, url)  # only what is poked syncs
 
         with serving(settings_for) as (url, rt, app):
             endpoint = httpx.get(f"{url}/push/google", timeout=10).json()["endpoint"]
