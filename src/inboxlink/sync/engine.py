@@ -187,6 +187,19 @@ class SyncEngine:
         if status != AccountStatus.SYNCING.value:
             raise _Superseded(f"account {account_id} is now {status}")
 
+    def _finish(self, account_id: str, status: AccountStatus, reason: str, values: dict[str, Any]) -> bool:
+        """Record how the run ended, unless its user changed the account meanwhile (False then)."""
+        try:
+            with self.db.engine.begin() as conn:
+                self._renew(conn, account_id)
+                transition(conn, account_id, status, reason)
+                if values:
+                    conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+        except _Superseded as exc:
+            log.info("sync stopped: %s (its user changed it meanwhile)", exc)
+            return False
+        return True
+
     # -- public ----------------------------------------------------------------------------------
     def sync(
         self,
@@ -269,31 +282,22 @@ class SyncEngine:
                 progress,
             )
             try:
-                try:
-                    self._run(run)
-                except AuthError as exc:
-                    with self.db.engine.begin() as conn:
-                        self._renew(conn, account_id)
-                        transition(conn, account_id, AccountStatus.AUTH_ERROR, exc.message)
-                        conn.execute(
-                            update(accounts).where(accounts.c.id == account_id).values(last_error=exc.message)
-                        )
-                    return
-                except UnsupportedServer as exc:
-                    with self.db.engine.begin() as conn:
-                        self._renew(conn, account_id)
-                        transition(conn, account_id, AccountStatus.UNSUPPORTED, exc.message)
-                    return
-                with self.db.engine.begin() as conn:
-                    self._renew(conn, account_id)
-                    transition(conn, account_id, AccountStatus.CONNECTED, CONNECTED_REASON)
-                    conn.execute(
-                        update(accounts)
-                        .where(accounts.c.id == account_id)
-                        .values(last_sync_at=now(), failures=0, last_error=None, next_attempt_at=None)
-                    )
+                self._run(run)
+                status, reason = AccountStatus.CONNECTED, CONNECTED_REASON
+                values: dict[str, Any] = {
+                    "last_sync_at": now(),
+                    "failures": 0,
+                    "last_error": None,
+                    "next_attempt_at": None,
+                }
+            except AuthError as exc:
+                status, reason, values = AccountStatus.AUTH_ERROR, exc.message, {"last_error": exc.message}
+            except UnsupportedServer as exc:
+                status, reason, values = AccountStatus.UNSUPPORTED, exc.message, {}
             except _Superseded as exc:
                 log.info("sync stopped: %s (its user changed it meanwhile)", exc)
+                return
+            if not self._finish(account_id, status, reason, values) or status is not AccountStatus.CONNECTED:
                 return
             if self.after_sync is not None:
                 self.after_sync(account_id, provider)
